@@ -1,0 +1,68 @@
+"""The flags every task shares, with the original repository's spellings as aliases.
+
+Long `--kebab-case` flags; the original scripts' flags (`-data-dir`, `-amp`,
+`-opt`, `-b`, `-j`, `-epochs`, `-T`, `-device`, `-resume`, ...) parse to the same
+options, so their published commands run unchanged. A task passes its paper
+defaults to `build_parser` and adds only its own flags.
+"""
+import argparse
+
+import torch
+
+
+def build_parser(description: str, **defaults) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, allow_abbrev=False,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data and output")
+    g.add_argument("--data-dir", "-data-dir", "--data-path", dest="data_dir", default="./data",
+                   help="dataset root")
+    g.add_argument("--output-dir", "-out-dir", "--out-dir", dest="output_dir", default="./runs",
+                   help="each run gets its own directory below this one")
+    g.add_argument("--run-name", default=None, help="run directory name (default: built from the main settings)")
+    g.add_argument("--workers", "-j", dest="workers", type=int, default=4, help="data loading processes per GPU")
+    g.add_argument("--print-freq", type=int, default=50,
+                   help="steps between progress updates (each one waits for the GPU)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", "-epochs", "--epoch", dest="epochs", type=int, default=100)
+    g.add_argument("--batch-size", "-b", dest="batch_size", type=int, default=128,
+                   help="batch size per process")
+    g.add_argument("--opt", "-opt", choices=["sgd", "adamw"], default="sgd")
+    g.add_argument("--lr", "-lr", type=float, default=0.1)
+    g.add_argument("--momentum", "-momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=0.0)
+    g.add_argument("--amp", "-amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (default: on with CUDA, off on CPU)")
+    g.add_argument("--seed", type=int, default=2023)
+
+    g = p.add_argument_group("model")
+    g.add_argument("--T", "-T", dest="T", type=int, default=4, help="time steps")
+    g.add_argument("--surrogate", "-sg", dest="surrogate", choices=["atan"], default="atan",
+                   help="surrogate gradient of the spike function")
+
+    g = p.add_argument_group("running")
+    g.add_argument("--device", "-device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="under torchrun each process takes cuda:LOCAL_RANK")
+    g.add_argument("--resume", "-resume", default=None, metavar="CHECKPOINT",
+                   help="continue a run from its checkpoint (or start from an original-format one)")
+    g.add_argument("--test-only", action="store_true", help="evaluate --resume's weights on the test set and exit")
+    g.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across processes")
+    g.add_argument("--channels-last", action="store_true", help="channels-last activations (GPU)")
+    g.add_argument("--stop-after", type=int, default=None, metavar="N",
+                   help="stop after N epochs of this invocation (split a long run into jobs); resume continues")
+    p.set_defaults(**defaults)
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Values argparse cannot check on its own; UserError-free: parser.error exits with one sentence."""
+    bad = [f"{name} must be positive" for name in ("epochs", "batch_size", "T")
+           if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1]
+    if args.lr <= 0:
+        bad.append("lr must be positive")
+    if args.test_only and not args.resume:
+        bad.append("--test-only needs --resume CHECKPOINT (the weights to evaluate)")
+    if args.workers < 0:
+        bad.append("workers must be >= 0")
+    if bad:
+        raise SystemExit(f"error: {'; '.join(bad)}.")

@@ -1,0 +1,142 @@
+"""Datasets, the paper's CIFAR augmentation, batch-level mixup/cutmix, and loaders.
+
+The CIFAR tasks (cifar10/ and sequential_cifar/) share all of this: CIFAR-10 and
+CIFAR-100 through torchvision, and `digits`, scikit-learn's 8x8 digits scaled to
+32x32 RGB, which needs no download and goes through the same transforms, for
+quick starts and tests.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import default_collate
+from torchvision import datasets
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from common.distributed import DistEnv, ShardSampler
+from common.errors import UserError
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    train_collate: Callable | None = None
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's handwritten digits (1,797 8x8 images) as 32x32 RGB PIL images.
+
+    A fixed stratified split: 1,437 train / 360 test. Each image is scaled from
+    0..16 to 0..255 and enlarged with bilinear interpolation, so the CIFAR
+    transforms apply unchanged.
+    """
+
+    TEST_SIZE = 360
+
+    def __init__(self, train: bool, transform=None):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        idx_train, idx_test = train_test_split(np.arange(len(digits.target)), test_size=self.TEST_SIZE,
+                                               random_state=0, stratify=digits.target)
+        idx = idx_train if train else idx_test
+        small = torch.from_numpy(digits.images[idx] * (255.0 / 16.0)).float()[:, None]
+        big = torch.nn.functional.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)
+        self.images = big.round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
+        self.targets = digits.target[idx].tolist()
+        self.classes = [str(i) for i in range(10)]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.images[i]).convert("RGB")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[i]
+
+
+def cifar_train_transform(mean, std):
+    """The paper's CIFAR augmentation: flip, TrivialAugmentWide, normalise, random erasing p=0.1."""
+    return T.Compose([
+        T.RandomHorizontalFlip(),
+        T.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR),
+        T.PILToTensor(),
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(mean, std),
+        T.RandomErasing(p=0.1),
+    ])
+
+
+def cifar_test_transform(mean, std):
+    return T.Compose([T.PILToTensor(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
+
+
+class MixupCutmixCollate:
+    """Collate a batch, then mix it with mixup (alpha 0.2) or cutmix (alpha 1.0), one chosen at random.
+
+    Targets become class probabilities; the loss takes them as soft labels.
+    Runs in the loader's workers, so mixing costs the training loop nothing.
+    """
+
+    def __init__(self, num_classes: int, mixup_alpha: float = 0.2, cutmix_alpha: float = 1.0):
+        self.mix = T.RandomChoice([T.MixUp(alpha=mixup_alpha, num_classes=num_classes),
+                                   T.CutMix(alpha=cutmix_alpha, num_classes=num_classes)])
+
+    def __call__(self, batch):
+        images, targets = default_collate(batch)
+        return self.mix(images, targets)
+
+
+def build_cifar(name: str, data_dir: str, download: bool, num_classes: int = 10) -> DataBundle:
+    """CIFAR-10 / CIFAR-100 (torchvision) or `digits`, with the paper's transforms and mixing."""
+    if name == "digits":
+        mean, std = CIFAR10_MEAN, CIFAR10_STD
+        train = DigitsDataset(True, cifar_train_transform(mean, std))
+        test = DigitsDataset(False, cifar_test_transform(mean, std))
+        return DataBundle(train, test, 10, MixupCutmixCollate(10))
+    if name not in ("cifar10", "cifar100"):
+        raise UserError(f"Unknown dataset {name!r}; choose cifar10, cifar100 or digits.")
+    cls, mean, std = ((datasets.CIFAR10, CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10"
+                      else (datasets.CIFAR100, CIFAR100_MEAN, CIFAR100_STD))
+    root = Path(data_dir).expanduser()
+    try:
+        train = cls(str(root), train=True, transform=cifar_train_transform(mean, std), download=download)
+        test = cls(str(root), train=False, transform=cifar_test_transform(mean, std), download=download)
+    except RuntimeError as e:
+        if "not found or corrupted" in str(e):
+            raise UserError(f"{cls.__name__} was not found in {root} (torchvision looks for "
+                            f"{cls.base_folder}/ there); pass --data-dir pointing at it, or add --download "
+                            "to fetch it.") from None
+        raise
+    except OSError as e:
+        raise UserError(f"Could not get {cls.__name__} into {root}: {e}.") from None
+    classes = len(train.classes)
+    return DataBundle(train, test, classes, MixupCutmixCollate(classes))
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, env: DistEnv, seed: int,
+                collate: Callable | None = None, pin_memory: bool = False) -> DataLoader:
+    """Training: shuffled (DistributedSampler under DDP), last partial batch dropped as in the
+    original scripts. Evaluation: in order, every sample exactly once across ranks."""
+    if train:
+        sampler = DistributedSampler(dataset, env.world_size, env.rank, shuffle=True, seed=seed) \
+            if env.enabled else None
+        return DataLoader(dataset, batch_size, shuffle=sampler is None, sampler=sampler, num_workers=workers,
+                          collate_fn=collate, pin_memory=pin_memory, drop_last=True,
+                          persistent_workers=False)
+    sampler = ShardSampler(len(dataset), env) if env.enabled else None
+    return DataLoader(dataset, batch_size, shuffle=False, sampler=sampler, num_workers=workers,
+                      pin_memory=pin_memory, drop_last=False)

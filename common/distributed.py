@@ -1,0 +1,116 @@
+"""torchrun environment, process group, rank helpers and exact metric reduction.
+
+One process per device. Under `torchrun` (RANK/WORLD_SIZE/LOCAL_RANK set) the
+process group is NCCL on GPUs and gloo on CPUs; without it everything below
+degrades to a single process and no collective is called.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str) -> tuple[DistEnv, torch.device]:
+    """Read torchrun's environment, join the process group, pick this process's device."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return DistEnv(), torch.device(device)
+    env = DistEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(dev)
+        dist.init_process_group("nccl", device_id=dev)
+    else:
+        dist.init_process_group("gloo")
+    return env, dev
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.enabled:
+        dist.barrier()
+
+
+def broadcast_object(env: DistEnv, obj):
+    """Rank 0's value of `obj` on every rank (a decision made once, e.g. a run directory check)."""
+    if not env.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_sum(env: DistEnv, tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (in place, and returned). Counts travel as float64 so sums stay exact."""
+    if env.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+class ShardSampler(Sampler):
+    """Every index exactly once across ranks, without the padding of DistributedSampler.
+
+    Rank r evaluates indices r, r + W, r + 2W, ...: shards differ by at most one
+    sample, and the summed metrics count each sample once, whatever the world size.
+    """
+
+    def __init__(self, dataset_len: int, env: DistEnv):
+        self.indices = range(env.rank, dataset_len, env.world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class _SeqSyncBatchNorm(nn.SyncBatchNorm):
+    """SyncBatchNorm that also takes SpikingJelly's multi-step [T, N, C, ...] input."""
+
+    step_mode = "m"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == self._expected_dim + 1:
+            return super().forward(x.flatten(0, 1)).view(x.shape)
+        return super().forward(x)
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every BatchNorm (SpikingJelly's multi-step ones included) by a SyncBatchNorm.
+
+    Parameter and buffer names stay the same, so checkpoints are unaffected.
+    """
+    dims = {nn.BatchNorm1d: 3, nn.BatchNorm2d: 4, nn.BatchNorm3d: 5}
+    for name, child in model.named_children():
+        expected = next((d for cls, d in dims.items() if isinstance(child, cls)), None)
+        if expected is None:
+            convert_sync_batchnorm(child)
+            continue
+        sync = _SeqSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+        sync._expected_dim = expected
+        sync.load_state_dict(child.state_dict())
+        sync.train(child.training)
+        setattr(model, name, sync)
+    return model

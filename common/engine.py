@@ -1,0 +1,364 @@
+"""The training loop every task shares: train one epoch, evaluate, fit, and the run around them.
+
+A task (cifar10/train.py, ...) describes itself with a `Task` and calls `run`.
+Everything else lives here: devices and DDP, AMP, checkpoints and resume,
+TensorBoard, progress bars, exact metrics, and the final JSON line.
+"""
+import json
+import math
+import random
+import sys
+import time
+from argparse import Namespace
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import functional
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from common import distributed as D
+from common import runlog
+from common.checkpoint import FORMAT, load_model_weights, save_checkpoint
+from common.cli import check_args
+from common.data import DataBundle, make_loader
+from common.errors import UserError
+
+
+@dataclass
+class Task:
+    """What differs between the experiments; each field is a small function of the parsed args."""
+
+    name: str
+    build_data: Callable[[Namespace], DataBundle]
+    build_model: Callable[[Namespace, int], nn.Module]  # (args, num_classes)
+    run_name: Callable[[Namespace], str]
+    train_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target) -> scalar
+    eval_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    # Model output -> class scores [N, classes] for accuracy (e.g. mean over time steps).
+    scores: Callable[[torch.Tensor], torch.Tensor] = lambda output: output
+    # Called at the start of each epoch with (model, epoch, args); returns scalars to log.
+    on_epoch_start: Callable[[nn.Module, int, Namespace], dict] | None = None
+    # Task state saved in and restored from checkpoints (e.g. the masked PSN's lambda).
+    state: Callable[[nn.Module], dict] = lambda model: {}
+    prepare_input: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
+@dataclass
+class Context:
+    args: Namespace
+    env: D.DistEnv
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None = None
+    extra: dict = field(default_factory=dict)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def bar(self, iterable, total, desc):
+        # Rank 0 only, and only on a terminal: logs and CI get the per-epoch lines instead.
+        quiet = not (self.env.is_main and sys.stdout.isatty())
+        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, disable=quiet)
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Reseed every generator from (seed, epoch): shuffling, augmentation and mixing of an
+    epoch depend on nothing else, so a resumed run replays exactly the epochs it missed."""
+    s = (seed * 1_000_003 + epoch) % 2**63
+    torch.manual_seed(s)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+
+
+def _to_device(batch, ctx: Context, task: Task):
+    images, target = batch
+    images = task.prepare_input(images.to(ctx.device, non_blocking=True))
+    if ctx.args.channels_last and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, target.to(ctx.device, non_blocking=True)
+
+
+def _check_finite(ctx: Context, loss_sum: torch.Tensor, epoch: int) -> None:
+    bad = torch.tensor([0.0 if math.isfinite(loss_sum.item()) else 1.0], dtype=torch.float64, device=ctx.device)
+    if D.all_reduce_sum(ctx.env, bad).item() > 0:
+        raise TrainingDiverged(f"The training loss became NaN or infinite in epoch {epoch + 1}; the run stopped and "
+                               "its last good checkpoint is kept (lower --lr, or check the data).")
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer, task: Task, ctx: Context, epoch: int) -> dict:
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    correct = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    seen = 0
+    start = time.perf_counter()
+    bar = ctx.bar(loader, len(loader), f"train {epoch}")
+    for step, batch in enumerate(bar, 1):
+        images, target = _to_device(batch, ctx, task)
+        with ctx.autocast():
+            output = model(images)
+            loss = task.train_loss(output, target)
+        optimizer.zero_grad(set_to_none=True)
+        if ctx.scaler is not None:
+            ctx.scaler.scale(loss).backward()
+            ctx.scaler.step(optimizer)
+            ctx.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        functional.reset_net(model)
+
+        n = images.shape[0]
+        seen += n
+        with torch.no_grad():
+            hard = target.argmax(-1) if target.dim() > 1 else target  # mixed soft labels: the dominant class
+            loss_sum += loss.detach().double() * n
+            correct += (task.scores(output).argmax(-1) == hard).sum()
+        if step % ctx.args.print_freq == 0:  # the only host syncs in the loop
+            _check_finite(ctx, loss_sum, epoch)
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc1=f"{100 * correct.item() / seen:.2f}")
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    elapsed = time.perf_counter() - start
+    _check_finite(ctx, loss_sum, epoch)
+    totals = D.all_reduce_sum(ctx.env, torch.stack([loss_sum, correct, loss_sum.new_tensor(seen)]))
+    loss_total, correct_total, count = totals.tolist()
+    count = max(count, 1.0)
+    return {"loss": loss_total / count, "acc1": 100.0 * correct_total / count,
+            "images_per_s": count / elapsed, "epoch_time_s": elapsed}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, task: Task, ctx: Context, num_classes: int) -> dict:
+    """Exact test metrics: per-rank sums of loss, top-1 and top-5 hits and samples, added over ranks."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # loss, top1, top5, samples
+    k = min(5, num_classes)
+    for batch in ctx.bar(loader, len(loader), "test"):
+        images, target = _to_device(batch, ctx, task)
+        with ctx.autocast():
+            output = model(images)
+            loss = task.eval_loss(output, target)
+        functional.reset_net(model)
+        scores = task.scores(output).float()
+        topk = scores.topk(k, dim=-1).indices
+        hits = topk == target[:, None]
+        n = target.shape[0]
+        sums += torch.stack([loss.double() * n, hits[:, 0].sum().double(), hits.any(-1).sum().double(),
+                             sums.new_tensor(n)])
+    loss, top1, top5, n = D.all_reduce_sum(ctx.env, sums).tolist()
+    n_safe = max(n, 1.0)
+    metrics = {"loss": loss / n_safe, "acc1": 100.0 * top1 / n_safe, "samples": int(n)}
+    if num_classes >= 5:
+        metrics["acc5"] = 100.0 * top5 / n_safe
+    return metrics
+
+
+def _build_optimizer(args: Namespace, model: nn.Module):
+    if args.opt == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+
+def _print_json(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def run(task: Task, args: Namespace) -> dict:
+    """Train (or with --test-only, evaluate) as the args say; returns what the final JSON line prints."""
+    check_args(args)
+    env, device = D.setup(args.device)
+    try:
+        return _run(task, args, env, device)
+    finally:
+        D.teardown()
+
+
+def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> dict:
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device} was asked for, but this machine has no CUDA GPU; use --device cpu.")
+    if args.amp is None:
+        args.amp = device.type == "cuda"
+    amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if args.amp else None
+    ctx = Context(args, env, device, amp_dtype)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    seed_epoch(args.seed, -1)
+    data = _build_data_once(task, args, env)
+    model = task.build_model(args, data.num_classes).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    test_loader = make_loader(data.test, args.batch_size, args.workers, False, env, args.seed,
+                              pin_memory=device.type == "cuda")
+
+    if args.test_only:
+        load_model_weights(model, args.resume)
+        if args.sync_bn and env.enabled:
+            model = D.convert_sync_batchnorm(model)
+        metrics = evaluate(model, test_loader, task, ctx, data.num_classes)
+        record = {"test_acc1": metrics["acc1"], "test_loss": metrics["loss"], "samples": metrics["samples"]}
+        if "acc5" in metrics:
+            record["test_acc5"] = metrics["acc5"]
+        if env.is_main:
+            _print_json(record)
+        return record
+
+    optimizer = _build_optimizer(args, model)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    if amp_dtype == torch.float16:
+        ctx.scaler = torch.amp.GradScaler(device.type)
+
+    start_epoch, best_acc1, last_acc1 = 0, None, None
+    resumed_from = None
+    if args.resume:
+        ckpt = load_model_weights(model, args.resume)
+        resumed_from = str(ckpt.path)
+        start_epoch = 0 if ckpt.epoch is None else ckpt.epoch + 1
+        best_acc1 = ckpt.best_acc1
+        last_acc1 = ckpt.task_state.get("last_acc1")
+        if start_epoch < args.epochs:
+            _restore_training_state(ckpt, optimizer, scheduler, ctx)
+        run_dir = ckpt.path.parent if ckpt.layout == "ours" else None
+    else:
+        run_dir = None
+    if run_dir is None:
+        run_dir = Path(args.output_dir) / (args.run_name or task.run_name(args))
+        problem = None
+        if env.is_main:
+            try:
+                runlog.claim_new_run_dir(run_dir)
+            except UserError as e:
+                problem = str(e)
+        problem = D.broadcast_object(env, problem)
+        if problem:
+            raise UserError(problem)
+
+    summary = {"run_dir": str(run_dir), "epochs_done": start_epoch,
+               "best_test_acc1": best_acc1, "last_test_acc1": last_acc1}
+    if start_epoch >= args.epochs:
+        if env.is_main:
+            print(f"{run_dir}: all {args.epochs} epochs are done; nothing to train.", flush=True)
+            _print_json(summary)
+        return summary
+
+    if args.sync_bn and env.enabled:
+        model = D.convert_sync_batchnorm(model)
+    train_model = model
+    if env.enabled:
+        train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    train_loader = make_loader(data.train, args.batch_size, args.workers, True, env, args.seed,
+                               data.train_collate, pin_memory=device.type == "cuda")
+    if len(train_loader) == 0:
+        raise UserError(f"The training set ({len(data.train)} samples over {env.world_size} processes) is "
+                        f"smaller than one batch of {args.batch_size}; lower --batch-size.")
+
+    writer = None
+    if env.is_main:
+        runlog.write_args(run_dir, args, resumed_from)
+        writer = runlog.open_writer(run_dir, start_epoch)
+        print(f"run directory: {run_dir} (epoch {start_epoch + 1} of {args.epochs})", flush=True)
+
+    stop_at = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
+    try:
+        for epoch in range(start_epoch, stop_at):
+            seed_epoch(args.seed, epoch)
+            if hasattr(train_loader.sampler, "set_epoch"):
+                train_loader.sampler.set_epoch(epoch)
+            task_scalars = task.on_epoch_start(model, epoch, args) if task.on_epoch_start else {}
+            lr = optimizer.param_groups[0]["lr"]
+            train = train_one_epoch(train_model, train_loader, optimizer, task, ctx, epoch)
+            test = evaluate(model, test_loader, task, ctx, data.num_classes)
+            scheduler.step()
+            last_acc1 = test["acc1"]
+            is_best = best_acc1 is None or test["acc1"] > best_acc1
+            best_acc1 = test["acc1"] if is_best else best_acc1
+            if env.is_main:
+                scalars = {"train/loss": train["loss"], "train/acc1": train["acc1"], "test/loss": test["loss"],
+                           "test/acc1": test["acc1"], "lr": lr, "train/images_per_s": train["images_per_s"],
+                           "train/epoch_time_s": train["epoch_time_s"], **task_scalars}
+                if "acc5" in test:
+                    scalars["test/acc5"] = test["acc5"]
+                for tag, value in scalars.items():
+                    writer.add_scalar(tag, value, epoch)
+                writer.flush()
+                state = _checkpoint_state(model, optimizer, scheduler, ctx, epoch, best_acc1, last_acc1, args, task)
+                save_checkpoint(state, run_dir / runlog.LATEST)
+                if is_best:
+                    save_checkpoint(state, run_dir / runlog.BEST)
+                print(f"epoch {epoch + 1}/{args.epochs}  train loss {train['loss']:.4f} acc1 {train['acc1']:.2f}  "
+                      f"test loss {test['loss']:.4f} acc1 {test['acc1']:.2f} (best {best_acc1:.2f})  "
+                      f"{train['images_per_s']:.0f} img/s  {train['epoch_time_s']:.1f} s", flush=True)
+            D.barrier(env)
+            summary.update(epochs_done=epoch + 1, best_test_acc1=best_acc1, last_test_acc1=last_acc1)
+    finally:
+        if writer is not None:
+            writer.close()
+    if env.is_main:
+        _print_json(summary)
+    return summary
+
+
+def _build_data_once(task: Task, args: Namespace, env: D.DistEnv) -> DataBundle:
+    """Rank 0 builds (and maybe downloads) first; the others follow once the files are there."""
+    problem = None
+    if env.is_main:
+        try:
+            data = task.build_data(args)
+        except UserError as e:
+            problem = str(e)
+    problem = D.broadcast_object(env, problem)
+    if problem:
+        raise UserError(problem)
+    if not env.is_main:
+        data = task.build_data(args)
+    return data
+
+
+def _checkpoint_state(model, optimizer, scheduler, ctx: Context, epoch, best_acc1, last_acc1, args, task):
+    rng = {"torch": torch.get_rng_state()}
+    if ctx.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(ctx.device)
+    return {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": scheduler.state_dict(),
+        "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None,
+        "epoch": epoch,
+        "best_acc1": best_acc1,
+        "args": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
+                 for k, v in vars(args).items()},
+        "task_state": {**task.state(model), "last_acc1": last_acc1},
+        "rng": rng,
+    }
+
+
+def _restore_training_state(ckpt, optimizer, scheduler, ctx: Context) -> None:
+    """Optimizer, schedule, AMP scaler and RNG of a checkpoint; foreign layouts give what they have."""
+    try:
+        if ckpt.optimizer is not None:
+            optimizer.load_state_dict(ckpt.optimizer)
+        if ckpt.lr_scheduler is not None:
+            scheduler.load_state_dict(ckpt.lr_scheduler)
+    except (ValueError, KeyError, RuntimeError) as e:
+        message = f"the optimizer state in {ckpt.path} does not fit this run's optimizer (--opt {ctx.args.opt}): {e}"
+        if ckpt.layout == "ours":
+            raise UserError(message[0].upper() + message[1:] + ".") from None
+        # Another program's file: its weights and epoch are what matter; say what is lost.
+        if ctx.env.is_main:
+            print(f"warning: {message}; continuing with a fresh optimizer.", file=sys.stderr, flush=True)
+    if ctx.scaler is not None and ckpt.scaler:
+        ctx.scaler.load_state_dict(ckpt.scaler)
+    if ckpt.rng:
+        torch.set_rng_state(ckpt.rng["torch"])
+        if "cuda" in ckpt.rng and ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt.rng["cuda"], ctx.device)

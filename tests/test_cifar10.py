@@ -1,0 +1,192 @@
+"""cifar10/train.py end to end on the digits dataset, and the released-weights fixture in float64."""
+import subprocess
+
+import pytest
+import torch
+
+from cifar10.models import CIFAR10Net
+from common.checkpoint import load_model_weights
+from conftest import FIXTURES, QUICK, free_port, last_json, read_scalars, run_script, script_env
+
+SCRIPT = "cifar10/train.py"
+TAGS = {"train/loss", "train/acc1", "test/loss", "test/acc1", "test/acc5", "lr", "train/images_per_s",
+        "train/epoch_time_s"}
+TIMING = {"train/images_per_s", "train/epoch_time_s"}
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one_go")
+    result = run_script(SCRIPT, *QUICK, "--epochs", 2, "--output-dir", out, "--run-name", "run")
+    return out / "run", result
+
+
+def test_released_cifar10_checkpoint_gives_the_original_outputs_in_float64():
+    model = CIFAR10Net(channels=32, T=4)
+    load_model_weights(model, FIXTURES / "cifar10_psn_c32_T4.pth")
+    io = torch.load(FIXTURES / "cifar10_psn_c32_T4.io.pt")
+    model = model.double().eval()
+    with torch.no_grad():
+        y = model(io["x"])
+    assert y.shape == io["y"].shape == (8, 10)
+    assert (y - io["y"]).abs().max() < 1e-9
+
+
+def test_paper_model_has_the_released_keys_and_shapes():
+    rows = [line.rstrip("\n").split("\t") for line in open(FIXTURES / "manifests/cifar10_psn_c256_T4.tsv")
+            if not line.startswith("#")]
+    ours = CIFAR10Net(channels=256, T=4).state_dict()
+    converted = {k.replace(".fc.", ".") if k.split(".")[0] == "conv" or k.startswith("fc.2.") else k: shape
+                 for k, shape, _ in rows}
+    assert len(rows) == len(ours)
+    for key, shape in converted.items():
+        expected = () if shape == "scalar" else tuple(int(s) for s in shape.split("x"))
+        if key.endswith(".bias") and len(expected) == 1 and ours[key].dim() == 2:
+            expected = (expected[0], 1)  # the PSN bias is [T, 1] in SpikingJelly's layout
+        assert tuple(ours[key].shape) == expected, key
+
+
+def test_two_epoch_run_writes_args_events_checkpoints_and_json(two_epoch_run):
+    run_dir, result = two_epoch_run
+    record = last_json(result.stdout)
+    assert record["run_dir"] == str(run_dir)
+    assert record["epochs_done"] == 2
+    assert 0 <= record["last_test_acc1"] <= record["best_test_acc1"] <= 100
+    assert (run_dir / "args.txt").read_text().splitlines()[1].endswith("--run-name run")
+    assert (run_dir / "checkpoint_latest.pth").is_file() and (run_dir / "checkpoint_max.pth").is_file()
+    scalars = read_scalars(run_dir)
+    assert TAGS <= set(scalars)
+    for tag in TAGS:
+        assert [step for step, _ in scalars[tag]] == [0, 1], tag
+    assert scalars["test/acc1"][-1][1] == pytest.approx(record["last_test_acc1"], abs=1e-4)
+    assert scalars["lr"][0][1] == pytest.approx(0.1)
+    assert scalars["lr"][1][1] == pytest.approx(0.05)  # cosine over 2 epochs, stepped per epoch
+    ckpt = torch.load(run_dir / "checkpoint_latest.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and set(ckpt) >= {"model", "optimizer", "lr_scheduler", "rng", "best_acc1"}
+
+
+def test_stopped_and_resumed_run_is_bit_identical_to_one_go(two_epoch_run, tmp_path):
+    one_go, _ = two_epoch_run
+    first = run_script(SCRIPT, *QUICK, "--epochs", 2, "--stop-after", 1, "--output-dir", tmp_path, "--run-name", "run")
+    assert last_json(first.stdout)["epochs_done"] == 1
+    split = tmp_path / "run"
+    second = run_script(SCRIPT, *QUICK, "--epochs", 2, "--resume", split / "checkpoint_latest.pth")
+    assert last_json(second.stdout)["epochs_done"] == 2
+
+    a = torch.load(one_go / "checkpoint_latest.pth", weights_only=True)
+    b = torch.load(split / "checkpoint_latest.pth", weights_only=True)
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    for pid, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][pid]["momentum_buffer"])
+    assert a["lr_scheduler"] == b["lr_scheduler"]
+
+    sa, sb = read_scalars(one_go), read_scalars(split)
+    for tag in TAGS - TIMING:
+        assert sa[tag] == sb[tag], tag
+    assert len(list(split.glob("events.out.tfevents.*"))) == 2
+
+    # Resuming a finished run only reports it.
+    again = run_script(SCRIPT, *QUICK, "--epochs", 2, "--resume", split / "checkpoint_latest.pth")
+    assert last_json(again.stdout) == last_json(second.stdout)
+
+
+def test_test_only_evaluates_a_checkpoint(two_epoch_run):
+    run_dir, result = two_epoch_run
+    out = run_script(SCRIPT, *QUICK, "--test-only", "--resume", run_dir / "checkpoint_latest.pth")
+    record = last_json(out.stdout)
+    assert record["samples"] == 360
+    assert set(record) == {"test_acc1", "test_acc5", "test_loss", "samples"}
+    assert record["test_acc1"] == pytest.approx(last_json(result.stdout)["last_test_acc1"], abs=1e-9)
+    assert record["test_acc5"] >= record["test_acc1"]
+
+
+def test_original_checkpoint_format_loads_with_resume_and_test_only(tmp_path):
+    # The fixture is a finished 1024-epoch run of the original script (net layout, channels 32).
+    out = run_script(SCRIPT, *QUICK[:2], "--channels", 32, "--workers", 0, "--device", "cpu", "--test-only",
+                     "--resume", FIXTURES / "cifar10_psn_c32_T4.pth")
+    assert last_json(out.stdout)["samples"] == 360
+    done = run_script(SCRIPT, *QUICK[:2], "--channels", 32, "--workers", 0, "--device", "cpu",
+                      "--output-dir", tmp_path, "--resume", FIXTURES / "cifar10_psn_c32_T4.pth")
+    record = last_json(done.stdout)
+    assert record["epochs_done"] == 1024 and record["best_test_acc1"] == pytest.approx(95.32)
+    assert list(FIXTURES.glob("checkpoint_*.pth")) == []  # nothing written beside the user's file
+
+
+def test_torchrun_two_processes_match_single_process_evaluation(tmp_path, torchrun):
+    out = run_script(SCRIPT, *QUICK, "--epochs", 1, "--output-dir", tmp_path, "--run-name", "ddp",
+                     launcher=torchrun + ["--standalone", "--nproc_per_node=2"])
+    record = last_json(out.stdout)
+    assert record["epochs_done"] == 1
+    single = last_json(run_script(SCRIPT, *QUICK, "--test-only", "--resume",
+                                  tmp_path / "ddp" / "checkpoint_latest.pth").stdout)
+    scalars = read_scalars(tmp_path / "ddp")
+    assert single["test_acc1"] == pytest.approx(record["last_test_acc1"], abs=1e-9)
+    assert single["test_acc1"] == pytest.approx(scalars["test/acc1"][-1][1], abs=1e-4)
+    assert single["test_loss"] == pytest.approx(scalars["test/loss"][-1][1], rel=1e-5)
+    assert single["test_acc5"] == pytest.approx(scalars["test/acc5"][-1][1], abs=1e-4)
+
+
+def test_two_nodes_one_process_each_over_c10d_rendezvous(tmp_path, torchrun):
+    port = free_port()
+    from conftest import ROOT
+    cmd = torchrun + ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
+                      f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=psn-test", str(ROOT / SCRIPT),
+                      *QUICK, "--epochs", "1", "--output-dir", str(tmp_path), "--run-name", "nodes"]
+    nodes = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=script_env()) for _ in range(2)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (stdout, stderr) in zip(nodes, outputs):
+        assert node.returncode == 0, stderr
+    records = [last_json(stdout) for stdout, _ in outputs if stdout.strip().startswith("run directory")]
+    assert len(records) == 1 and records[0]["epochs_done"] == 1
+    assert (tmp_path / "nodes" / "checkpoint_latest.pth").is_file()
+
+
+def _fails_cleanly(result, *fragments):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_dataset_says_what_to_do(tmp_path):
+    result = run_script(SCRIPT, "--data-dir", tmp_path / "nowhere", "--device", "cpu", "--output-dir",
+                        tmp_path / "runs", check=False)
+    _fails_cleanly(result, "CIFAR10 was not found", "--download")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_occupied_run_directory_is_refused_and_left_alone(two_epoch_run):
+    run_dir, _ = two_epoch_run
+    before = (run_dir / "checkpoint_latest.pth").read_bytes()
+    result = run_script(SCRIPT, *QUICK, "--epochs", 2, "--output-dir", run_dir.parent, "--run-name", "run",
+                        check=False)
+    _fails_cleanly(result, "already holds", "--resume")
+    assert (run_dir / "checkpoint_latest.pth").read_bytes() == before
+
+
+def test_wrong_architecture_names_the_keys(two_epoch_run, tmp_path):
+    run_dir, _ = two_epoch_run
+    sd = torch.load(run_dir / "checkpoint_latest.pth", weights_only=True)["model"]
+    sd["head.weight"] = sd.pop("fc.3.weight")
+    torch.save(sd, tmp_path / "renamed.pth")
+    result = run_script(SCRIPT, *QUICK, "--test-only", "--resume", tmp_path / "renamed.pth", check=False)
+    _fails_cleanly(result, "missing keys: fc.3.weight", "unexpected keys: head.weight")
+    result = run_script(SCRIPT, *QUICK[:2], "--channels", 16, "--workers", 0, "--device", "cpu", "--test-only",
+                        "--resume", run_dir / "checkpoint_latest.pth", check=False)
+    _fails_cleanly(result, "does not fit", "conv.0.weight")
+
+
+def test_truncated_checkpoint_is_refused_and_left_alone(two_epoch_run, tmp_path):
+    run_dir, _ = two_epoch_run
+    data = (run_dir / "checkpoint_latest.pth").read_bytes()
+    broken = tmp_path / "run" / "checkpoint_latest.pth"
+    broken.parent.mkdir()
+    broken.write_bytes(data[: len(data) // 2])
+    result = run_script(SCRIPT, *QUICK, "--epochs", 3, "--resume", broken, check=False)
+    _fails_cleanly(result, "not readable", "truncated")
+    assert broken.read_bytes() == data[: len(data) // 2]
+    assert not list(broken.parent.glob("events*"))

@@ -1,0 +1,150 @@
+"""The shared engine's parts: checkpoint layouts and safety, exact sharding, divergence, SyncBatchNorm."""
+import argparse
+import math
+
+import pytest
+import torch
+from spikingjelly.activation_based import layer
+
+from cifar10 import train as cifar10_train
+from cifar10.models import CIFAR10Net
+from common import engine
+from common.checkpoint import FORMAT, load_model_weights, read_checkpoint, save_checkpoint
+from common.distributed import DistEnv, ShardSampler, convert_sync_batchnorm
+from common.errors import UserError
+from common.neurons import MaskedPSN, SlidingPSN
+from conftest import FIXTURES, QUICK
+
+
+def small_net():
+    torch.manual_seed(0)
+    net = CIFAR10Net(channels=4, T=2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return net
+
+
+def original_state_dict(net):
+    """Our state dict in the original repository's naming (IFNode5 held an nn.Linear `fc`)."""
+    sd = {}
+    for key, value in net.state_dict().items():
+        parts = key.rsplit(".", 1)
+        owner = net.get_submodule(parts[0]) if len(parts) == 2 else net
+        if type(owner).__name__ == "PSN":
+            sd[f"{parts[0]}.fc.{parts[1]}"] = value.flatten() if parts[1] == "bias" else value
+        else:
+            sd[key] = value
+    return sd
+
+
+@pytest.mark.parametrize("layout", ["net", "model_dvs", "model_dvs_module", "model_imagenet", "bare", "ddp_bare",
+                                    "ours"])
+def test_every_layout_loads_to_the_same_weights(layout, tmp_path):
+    net = small_net()
+    orig = original_state_dict(net)
+    module = {f"module.{k}": v for k, v in orig.items()}
+    obj = {
+        "net": {"net": orig, "optimizer": {}, "lr_scheduler": {}, "epoch": 5, "max_test_acc": 0.5},
+        "model_dvs": {"model": orig, "optimizer": {}, "scheduler": {}, "epoch": 5, "best_acc": 50.0},
+        "model_dvs_module": {"model": module, "optimizer": {}, "scheduler": {}, "epoch": 5, "best_acc": 50.0},
+        "model_imagenet": {"model": orig, "optimizer": {}, "lr_scheduler": {}, "epoch": 5,
+                           "args": argparse.Namespace(T=2, model="x"), "max_test_acc1": 50.0,
+                           "test_acc5_at_max_test_acc1": 80.0},
+        "bare": net.state_dict(),
+        "ddp_bare": {f"module._orig_mod.{k}": v for k, v in net.state_dict().items()},
+        "ours": {"format": FORMAT, "model": net.state_dict(), "epoch": 5, "best_acc1": 50.0},
+    }[layout]
+    torch.save(obj, tmp_path / "c.pth")
+    fresh = CIFAR10Net(channels=4, T=2)
+    ckpt = load_model_weights(fresh, tmp_path / "c.pth")
+    for key, value in net.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    if layout not in ("bare", "ddp_bare"):
+        assert ckpt.epoch == 5 and ckpt.best_acc1 == pytest.approx(50.0)
+    if layout == "model_imagenet":
+        assert ckpt.args["model"] == "x"
+
+
+def test_original_masked_and_sliding_names_convert():
+    net = torch.nn.Sequential(MaskedPSN(k=2, T=4), SlidingPSN(k=3))
+    sd = {"0.fc.weight": torch.randn(4, 4), "0.fc.bias": torch.randn(4), "0.fc.mask0": net[0].mask0.clone(),
+          "0.fc.mask1": net[0].mask1.clone(), "1.weight": torch.randn(3), "1.threshold": torch.tensor(-0.5)}
+    load_model_weights(net, read_checkpoint_from(sd))
+    assert torch.equal(net[0].weight, sd["0.fc.weight"]) and torch.equal(net[0].bias[:, 0], sd["0.fc.bias"])
+    assert net[0].lambda_.item() == 1.0  # a finished original run ends at lambda = 1
+    assert net[1].bias.item() == -0.5
+
+
+def read_checkpoint_from(sd):
+    from common.checkpoint import Checkpoint
+    return Checkpoint(path="memory", layout="state_dict", state_dict=sd)
+
+
+class NotAllowed:
+    pass
+
+
+def test_unsafe_pickles_are_refused(tmp_path):
+    torch.save({"net": small_net().state_dict(), "payload": NotAllowed()}, tmp_path / "evil.pth")
+    with pytest.raises(UserError, match="allow-list"):
+        read_checkpoint(tmp_path / "evil.pth")
+
+
+def test_unknown_layout_and_missing_file(tmp_path):
+    torch.save({"weights": [1, 2]}, tmp_path / "odd.pth")
+    with pytest.raises(UserError, match="no layout"):
+        read_checkpoint(tmp_path / "odd.pth")
+    with pytest.raises(UserError, match="does not exist"):
+        read_checkpoint(tmp_path / "none.pth")
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "checkpoint_latest.pth"
+    save_checkpoint({"a": torch.ones(2)}, target)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint({"a": Unpicklable()}, target)
+    assert torch.equal(torch.load(target)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pth"]
+
+
+@pytest.mark.parametrize("n,world", [(360, 2), (361, 2), (10, 3), (2, 4)])
+def test_shards_cover_every_sample_once(n, world):
+    seen = sorted(i for r in range(world) for i in ShardSampler(n, DistEnv(r, world)))
+    assert seen == list(range(n))
+
+
+def test_sync_batchnorm_conversion_keeps_names_and_multistep_shapes():
+    net = CIFAR10Net(channels=4, T=2)
+    names = list(net.state_dict())
+    converted = convert_sync_batchnorm(net)
+    assert list(converted.state_dict()) == names
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules()) == 6
+    assert not any(type(m) is layer.BatchNorm2d for m in converted.modules())
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    argv = [*QUICK, "--epochs", "3", "--output-dir", str(tmp_path), "--run-name", "r", "--print-freq", "5"]
+    args = cifar10_train.parse_args(argv + ["--stop-after", "1"])
+    engine.run(cifar10_train.task_for(args), args)
+    latest = tmp_path / "r" / "checkpoint_latest.pth"
+    good = latest.read_bytes()
+
+    args = cifar10_train.parse_args(argv + ["--resume", str(latest)])
+    task = cifar10_train.task_for(args)
+    healthy = task.train_loss
+    task.train_loss = lambda out, target: healthy(out, target) * math.nan
+    with pytest.raises(engine.TrainingDiverged, match="NaN or infinite in epoch 2"):
+        engine.run(task, args)
+    assert latest.read_bytes() == good
+    assert read_checkpoint(latest).epoch == 0
+
+
+def test_released_fixture_layout_is_net():
+    ckpt = read_checkpoint(FIXTURES / "cifar10_psn_c32_T4.pth")
+    assert ckpt.layout == "net" and ckpt.epoch == 1023 and ckpt.best_acc1 == pytest.approx(95.32)
