@@ -148,3 +148,16 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_released_fixture_layout_is_net():
     ckpt = read_checkpoint(FIXTURES / "cifar10_psn_c32_T4.pth")
     assert ckpt.layout == "net" and ckpt.epoch == 1023 and ckpt.best_acc1 == pytest.approx(95.32)
+
+
+def test_the_original_command_parses_to_the_same_settings():
+    args = cifar10_train.parse_args("-data-dir /datasets/CIFAR10 -amp -opt sgd -channels 256 -epochs 1024 "
+                                    "-device cuda:0 -T 4 -neu if5 -b 128 -j 4 -out-dir ./logs_cf10 -lr 0.1 "
+                                    "-momentum 0.9 -sg atan".split())
+    assert (args.data_dir, args.amp, args.opt, args.channels, args.epochs, args.device, args.T) == \
+        ("/datasets/CIFAR10", True, "sgd", 256, 1024, "cuda:0", 4)
+    assert (args.neuron, args.batch_size, args.workers, args.output_dir, args.lr, args.momentum) == \
+        ("psn", 128, 4, "./logs_cf10", 0.1, 0.9)
+    defaults = cifar10_train.parse_args([])
+    assert (defaults.channels, defaults.T, defaults.epochs, defaults.batch_size, defaults.opt, defaults.lr,
+            defaults.weight_decay, defaults.label_smoothing) == (256, 4, 1024, 128, "sgd", 0.1, 0.0, 0.1)
