@@ -66,3 +66,20 @@ def check_args(args: argparse.Namespace) -> None:
         bad.append("workers must be >= 0")
     if bad:
         raise SystemExit(f"error: {'; '.join(bad)}.")
+
+
+def add_cifar_flags(p: argparse.ArgumentParser, datasets: tuple[str, ...]) -> None:
+    """Flags of the two CIFAR tasks: which data, whether to download it, the loss's smoothing, width."""
+    g = p.add_argument_group("CIFAR")
+    g.add_argument("--dataset", choices=datasets, default=datasets[0],
+                   help="digits: scikit-learn's 8x8 digits as 32x32 RGB, no download (quick start, tests)")
+    g.add_argument("--download", action="store_true", help="download the dataset into --data-dir if missing")
+    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--channels", "-channels", type=int, default=256)
+
+
+def recipe_tag(args: argparse.Namespace) -> str:
+    """The part of a run name every task shares, as the original scripts wrote it: e1024_b128_sgd_lr0.1_c256_amp."""
+    amp = args.amp if args.amp is not None else str(args.device).startswith("cuda")
+    channels = f"_c{args.channels}" if hasattr(args, "channels") else ""
+    return f"e{args.epochs}_b{args.batch_size}_{args.opt}_lr{args.lr}{channels}{'_amp' if amp else ''}"

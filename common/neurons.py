@@ -246,3 +246,54 @@ class SlidingPSN(base.MemoryModule):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self.k}, backend={self.backend}"
+
+
+# The neurons of the paper's experiments, by name. The original repository's names
+# are aliases, so its commands (`-neu if5`, `-neu mspsn`, ...) keep working.
+NEURON_ALIASES = {"if5": "psn", "if5pmd8": "masked_psn", "mspsn": "sliding_psn", "lifnr": "lif_no_reset",
+                  "plif_torch": "plif"}
+NEURON_NAMES = ("psn", "masked_psn", "sliding_psn", "lif", "plif", "klif", "glif", "lif_no_reset")
+
+
+def canonical_neuron_name(name: str) -> str:
+    name = NEURON_ALIASES.get(name, name)
+    if name not in NEURON_NAMES:
+        raise ValueError(f"Unknown neuron {name!r}; choose one of {', '.join(NEURON_NAMES)} "
+                         f"(or the original names {', '.join(NEURON_ALIASES)}).")
+    return name
+
+
+def create_neuron(name: str, T: int, *, order: int | None = None, exp_init: bool = False,
+                  channels: int | None = None) -> nn.Module:
+    """A multi-step spiking neuron as the paper configured it, each with its own ATan surrogate.
+
+    `order` is the masked/sliding PSN's k; `channels` the feature count for the
+    channel-wise GLIF. LIF and PLIF: tau 2, soft reset, detached reset; KLIF:
+    soft reset; LIF without reset: tau 2, threshold 1.
+    """
+    from spikingjelly.activation_based import neuron as sj_neuron
+
+    from common.baselines import ChannelGLIF, LIFNoReset
+
+    name = canonical_neuron_name(name)
+    sg = surrogate.ATan()
+    if name == "psn":
+        return PSN(T=T, surrogate_function=sg)
+    if name in ("masked_psn", "sliding_psn") and order is None:
+        raise ValueError(f"{name} needs its order (k, the original's -P).")
+    if name == "masked_psn":
+        return MaskedPSN(k=order, T=T, surrogate_function=sg, step_mode="m")
+    if name == "sliding_psn":
+        return SlidingPSN(k=order, exp_init=exp_init, surrogate_function=sg, step_mode="m")
+    if name == "lif":
+        return sj_neuron.LIFNode(tau=2.0, v_reset=None, detach_reset=True, surrogate_function=sg, step_mode="m")
+    if name == "plif":
+        return sj_neuron.ParametricLIFNode(init_tau=2.0, v_reset=None, detach_reset=True, surrogate_function=sg,
+                                           step_mode="m")
+    if name == "klif":
+        return sj_neuron.KLIFNode(v_reset=None, surrogate_function=sg, step_mode="m")
+    if name == "glif":
+        if channels is None:
+            raise ValueError("glif is channel-wise: create_neuron needs channels=.")
+        return ChannelGLIF(T=T, channels=channels, surrogate_function=sg)
+    return LIFNoReset(tau=2.0, surrogate_function=sg)
