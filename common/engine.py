@@ -46,6 +46,8 @@ class Task:
     # Task state saved in and restored from checkpoints (e.g. the masked PSN's lambda).
     state: Callable[[nn.Module], dict] = lambda model: {}
     prepare_input: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+    # True when --batch-size is the total over all processes (CIFAR10-DVS), not per process.
+    global_batch: bool = False
 
 
 class TrainingDiverged(UserError):
@@ -192,12 +194,13 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
+    batch_size = _per_process_batch(task, args, env)
     seed_epoch(args.seed, -1)
     data = _build_data_once(task, args, env)
     model = task.build_model(args, data.num_classes).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    test_loader = make_loader(data.test, args.batch_size, args.workers, False, env, args.seed,
+    test_loader = make_loader(data.test, batch_size, args.workers, False, env, args.seed,
                               pin_memory=device.type == "cuda")
 
     if args.test_only:
@@ -255,11 +258,11 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
     train_model = model
     if env.enabled:
         train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    train_loader = make_loader(data.train, args.batch_size, args.workers, True, env, args.seed,
+    train_loader = make_loader(data.train, batch_size, args.workers, True, env, args.seed,
                                data.train_collate, pin_memory=device.type == "cuda")
     if len(train_loader) == 0:
         raise UserError(f"The training set ({len(data.train)} samples over {env.world_size} processes) is "
-                        f"smaller than one batch of {args.batch_size}; lower --batch-size.")
+                        f"smaller than one batch of {batch_size}; lower --batch-size.")
 
     writer = None
     if env.is_main:
@@ -305,6 +308,15 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
     if env.is_main:
         _print_json(summary)
     return summary
+
+
+def _per_process_batch(task: Task, args: Namespace, env: D.DistEnv) -> int:
+    if not task.global_batch:
+        return args.batch_size
+    if args.batch_size % env.world_size:
+        raise UserError(f"--batch-size {args.batch_size} is the total over all processes here and must divide "
+                        f"evenly among {env.world_size} of them.")
+    return args.batch_size // env.world_size
 
 
 def _build_data_once(task: Task, args: Namespace, env: D.DistEnv) -> DataBundle:
