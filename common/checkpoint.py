@@ -191,3 +191,18 @@ def load_model_weights(model: nn.Module, checkpoint) -> Checkpoint:
                         f"({type(target).__name__}); {'; '.join(parts)}.")
     target.load_state_dict(sd)
     return ckpt
+
+
+def load_matching(model: nn.Module, path) -> tuple[list[str], list[str], list[str]]:
+    """Copy every tensor of a checkpoint whose name and shape match the model's (e.g. an ANN's
+    weights into its spiking twin). Returns (copied, skipped from the file, left at init in the model)."""
+    ckpt = read_checkpoint(path)
+    source = _strip_prefixes(ckpt.state_dict)
+    target = model.state_dict()
+    copied = sorted(k for k in source.keys() & target.keys() if source[k].shape == target[k].shape)
+    if not copied:
+        raise UserError(f"No tensor of {path} matches the model by name and shape; is it the right network?")
+    with torch.no_grad():
+        for k in copied:
+            target[k].copy_(source[k])
+    return copied, sorted(source.keys() - set(copied)), sorted(target.keys() - set(copied))

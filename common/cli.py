@@ -31,6 +31,8 @@ def build_parser(description: str, **defaults) -> argparse.ArgumentParser:
     g.add_argument("--lr", "-lr", type=float, default=0.1)
     g.add_argument("--momentum", "-momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=0.0)
+    g.add_argument("--cos-lr-T", "--cos_lr_T", dest="cos_lr_T", type=int, default=None,
+                   help="period of the cosine schedule in epochs (default: --epochs)")
     g.add_argument("--amp", "-amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on with CUDA, off on CPU)")
     g.add_argument("--seed", type=int, default=2023)

@@ -48,6 +48,8 @@ class Task:
     prepare_input: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
     # True when --batch-size is the total over all processes (CIFAR10-DVS), not per process.
     global_batch: bool = False
+    # Called on a new run's fresh model before training (e.g. ImageNet's --load of ANN weights).
+    init_weights: Callable[[nn.Module, Namespace, bool], None] | None = None
 
 
 class TrainingDiverged(UserError):
@@ -216,7 +218,7 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
         return record
 
     optimizer = _build_optimizer(args, model)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.cos_lr_T or args.epochs)
     if amp_dtype == torch.float16:
         ctx.scaler = torch.amp.GradScaler(device.type)
 
@@ -233,6 +235,8 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
         run_dir = ckpt.path.parent if ckpt.layout == "ours" else None
     else:
         run_dir = None
+        if task.init_weights is not None:
+            task.init_weights(model, args, env.is_main)
     if run_dir is None:
         run_dir = Path(args.output_dir) / (args.run_name or task.run_name(args))
         problem = None
