@@ -270,7 +270,7 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
 
     writer = None
     if env.is_main:
-        runlog.write_args(run_dir, args, resumed_from)
+        runlog.write_args(run_dir, args, resumed_from, task.name)
         writer = runlog.open_writer(run_dir, start_epoch)
         print(f"run directory: {run_dir} (epoch {start_epoch + 1} of {args.epochs})", flush=True)
 

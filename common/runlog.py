@@ -29,11 +29,11 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in sys.argv)
 
 
-def write_args(run_dir: Path, args: Namespace, resumed_from: str | None) -> None:
-    """args.txt: the parsed arguments as JSON, then the command line; a resume appends its own."""
+def write_args(run_dir: Path, args: Namespace, resumed_from: str | None, task: str) -> None:
+    """args.txt: the task and parsed arguments as JSON, then the command line; a resume appends its own."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "args.txt"
-    record = json.dumps(vars(args), sort_keys=True, default=str)
+    record = json.dumps({"task": task, **vars(args)}, sort_keys=True, default=str)
     if resumed_from is None or not path.exists():
         path.write_text(f"{record}\n{command_line()}\n")
     else:

@@ -1,0 +1,295 @@
+"""Rebuild the paper's tables from TensorBoard runs, ours and the original repository's.
+
+    python scripts/paper_tables.py paper/logs                     # the authors' own logs
+    python scripts/paper_tables.py paper/logs runs --plots plots  # beside yours, with accuracy curves
+
+Every directory below the given roots that holds TensorBoard events is a run, in any
+of the layouts this meets: ours (`test/acc1`, percent), the original CIFAR-10 and
+sequential CIFAR scripts (`test_acc`, a fraction; a resumed run has several event
+files in one directory), the original ImageNet script (`<run>_logs/te/` with
+`test_acc1`/`test_acc5` in percent), and the original CIFAR10-DVS script
+(`<run>/logs/`, `test_acc` in percent). Events are read with TensorBoard's own reader,
+so a resumed run shows what TensorBoard shows. Each run's best and final test accuracy
+is printed beside the paper's number, in tables laid out like the paper's.
+"""
+import argparse
+import ast
+import json
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.neurons import NEURON_ALIASES  # noqa: E402
+
+# The paper's numbers (test accuracy, %), as read from the authors' logs.
+PAPER = {
+    ("cifar10", "cifar10", "psn", None, 4): 95.32,
+    ("cifar10dvs", "cifar10dvs", "sliding_psn", 2, 4): 82.30,
+    ("cifar10dvs", "cifar10dvs", "sliding_psn", 2, 8): 85.30,
+    ("cifar10dvs", "cifar10dvs", "sliding_psn", 2, 10): 85.90,
+    ("imagenet", "sew_resnet18", "psn", None, 4): 67.63,
+    ("imagenet", "sew_resnet34", "psn", None, 4): 70.54,
+}
+PAPER_TOP5 = {"sew_resnet18": 87.75, "sew_resnet34": 89.68}
+SEQUENTIAL = {  # neuron, order -> (sCIFAR-10, sCIFAR-100)
+    ("psn", None): (88.45, 62.21), ("masked_psn", 32): (85.81, 60.69), ("sliding_psn", 32): (86.70, 62.11),
+    ("lif", None): (81.50, 55.45), ("plif", None): (83.49, 57.55), ("klif", None): (83.26, 57.37),
+    ("glif", None): (83.66, 58.92), ("lif_no_reset", None): (79.50, 53.33),
+    ("masked_psn", 1): (None, 49.30), ("masked_psn", 2): (None, 57.46),
+    ("sliding_psn", 1): (None, 49.70), ("sliding_psn", 2): (None, 55.91),
+}
+for (neuron, order), (c10, c100) in SEQUENTIAL.items():
+    for dataset, value in (("cifar10", c10), ("cifar100", c100)):
+        if value is not None:
+            PAPER[("sequential_cifar", dataset, neuron, order, 32)] = value
+
+NEURON_LABELS = {"psn": "PSN", "masked_psn": "masked PSN", "sliding_psn": "sliding PSN", "lif": "LIF",
+                 "plif": "PLIF", "klif": "KLIF", "glif": "GLIF", "lif_no_reset": "LIF without reset"}
+TEST_TAGS = ("test/acc1", "test_acc1", "test_acc")
+TOP5_TAGS = ("test/acc5", "test_acc5")
+
+
+@dataclass
+class Run:
+    path: str
+    task: str
+    dataset: str
+    neuron: str
+    order: int | None
+    T: int | None
+    variant: str = ""  # what tells two runs of one row apart (e.g. plif_torch)
+    curve: list = field(default_factory=list)  # [(epoch, accuracy %)]
+    top5: list = field(default_factory=list)
+
+    @property
+    def best(self):
+        return max(v for _, v in self.curve) if self.curve else None
+
+    @property
+    def final(self):
+        return self.curve[-1][1] if self.curve else None
+
+    @property
+    def paper(self):
+        return PAPER.get((self.task, self.dataset, self.neuron, self.order, self.T))
+
+
+def read_scalars(event_dir: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def as_percent(curve: list) -> list:
+    """The original CIFAR scripts logged fractions; everything else percent."""
+    if curve and max(v for _, v in curve) <= 1.0:
+        return [(s, 100.0 * v) for s, v in curve]
+    return curve
+
+
+def read_args(run_dir: Path) -> dict:
+    """args.txt as a dict: ours is JSON; the original's first line is an argparse.Namespace repr."""
+    path = run_dir / "args.txt"
+    if not path.is_file():
+        return {}
+    first = path.read_text().splitlines()[0].strip()
+    if first.startswith("{"):
+        return json.loads(first)
+    args = {}
+    for key, value in re.findall(r"(\w+)=('[^']*'|\"[^\"]*\"|[^,()]+)", first):
+        try:
+            args[key] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            args[key] = value.strip()
+    return args
+
+
+def describe(run_dir: Path, args: dict) -> tuple:
+    """(task, dataset, neuron, order, T, variant) of a run, from its args.txt or its name."""
+    name = run_dir.name
+    raw_neuron = str(args.get("neuron", args.get("neu", "psn")))
+    neuron = NEURON_ALIASES.get(raw_neuron, raw_neuron)
+    variant = raw_neuron if raw_neuron == "plif_torch" else ""
+    task = args.get("task")
+    if task is None:
+        if "model" in args or name.endswith("_logs"):
+            task = "imagenet"
+        elif "method" in args or "method_" in name:
+            task = "cifar10dvs"
+        elif "class_num" in args or "scf" in str(args.get("out_dir", "")) or "scf" in str(run_dir):
+            task = "sequential_cifar"
+        else:
+            task = "cifar10"
+    if task == "imagenet":
+        model = args.get("model") or re.match(r"(sew_resnet\d+)", name).group(1)
+        return task, model, neuron, args.get("order"), int(args.get("T", 4)), variant
+    if task == "cifar10dvs":
+        T = args.get("T") or int(re.match(r"T(\d+)", name).group(1))
+        return task, "cifar10dvs", "sliding_psn", int(args.get("order", 2)), int(T), variant
+    if task == "sequential_cifar":
+        if args.get("dataset") == "digits":
+            dataset = "digits"
+        else:
+            classes = args.get("num_classes", args.get("class_num"))
+            if classes is None:
+                classes = 100 if "100" in str(args.get("data_dir", "")) + str(run_dir.parent) else 10
+            dataset = f"cifar{classes}"
+        order = args.get("order", args.get("P")) if neuron in ("masked_psn", "sliding_psn") else None
+        if order is None and neuron in ("masked_psn", "sliding_psn"):
+            match = re.search(r"_P(\d+)$", name)
+            order = int(match.group(1)) if match else None
+        return task, dataset, neuron, order, 32, variant
+    return task, args.get("dataset", "cifar10"), neuron, None, int(args.get("T", 4)), variant
+
+
+def find_runs(roots: list[Path]) -> list[Run]:
+    runs = {}
+    for root in roots:
+        for folder, _, files in os.walk(root):
+            if not any(f.startswith("events.out.tfevents") for f in files):
+                continue
+            event_dir = Path(folder)
+            # The original ImageNet script: <run>_logs/{train,te}; CIFAR10-DVS: <run>/logs.
+            run_dir = event_dir.parent if event_dir.name in ("te", "train", "logs") else event_dir
+            scalars = read_scalars(event_dir)
+            tag = next((t for t in TEST_TAGS if t in scalars), None)
+            if tag is None:
+                continue
+            task, dataset, neuron, order, T, variant = describe(run_dir, read_args(run_dir))
+            top5_tag = next((t for t in TOP5_TAGS if t in scalars), None)
+            runs[str(run_dir)] = Run(str(run_dir), task, dataset, neuron, order, T, variant,
+                                     as_percent(scalars[tag]), scalars[top5_tag] if top5_tag else [])
+    return sorted(runs.values(), key=lambda r: (r.task, r.dataset, r.neuron, r.order or 0, r.T or 0, r.path))
+
+
+def fmt(value) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def short(path: str, roots: list[Path]) -> str:
+    for root in roots:
+        try:
+            return str(Path(path).relative_to(root))
+        except ValueError:
+            pass
+    return path
+
+
+def neuron_label(run: Run) -> str:
+    label = NEURON_LABELS.get(run.neuron, run.neuron)
+    if run.order is not None and run.neuron in ("masked_psn", "sliding_psn"):
+        label += f", order {run.order}"
+    return label + (f" ({run.variant})" if run.variant else "")
+
+
+def tables(runs: list[Run], roots: list[Path]) -> str:
+    out = []
+    by_task = {task: [r for r in runs if r.task == task]
+               for task in ("cifar10", "sequential_cifar", "cifar10dvs", "imagenet")}
+    if by_task["cifar10"]:
+        out += ["## CIFAR-10", "", "| dataset | neuron | T | paper | best | final | run |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {r.dataset} | {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {fmt(r.final)} | "
+                f"{short(r.path, roots)} |" for r in by_task["cifar10"]]
+        out.append("")
+    if by_task["sequential_cifar"]:
+        out += ["## Sequential CIFAR (T = 32)", ""]
+        rows = {}
+        for r in by_task["sequential_cifar"]:
+            rows.setdefault((r.neuron, r.order, r.variant), {})[r.dataset] = r
+        datasets = [d for d in ("cifar10", "cifar100", "digits") if any(d in cols for cols in rows.values())]
+        header = "| neuron |" + "".join(f" {d} paper | {d} best | {d} final |" for d in datasets)
+        out += [header, "| --- |" + " --- | --- | --- |" * len(datasets)]
+        order_key = list(NEURON_LABELS)
+        for (neuron, order, variant) in sorted(rows, key=lambda k: (k[1] is not None and k[1] not in (32,),
+                                                                      order_key.index(k[0]) if k[0] in order_key else 99,
+                                                                      k[1] or 0, k[2])):
+            cols = rows[(neuron, order, variant)]
+            label = neuron_label(next(iter(cols.values())))
+            cells = "".join(f" {fmt(cols[d].paper) if d in cols else '—'} | {fmt(cols[d].best) if d in cols else '—'} | "
+                            f"{fmt(cols[d].final) if d in cols else '—'} |" for d in datasets)
+            out.append(f"| {label} |{cells}")
+        out.append("")
+    if by_task["cifar10dvs"]:
+        out += ["## CIFAR10-DVS", "", "| neuron | T | paper | best | final | run |", "| --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {fmt(r.final)} | {short(r.path, roots)} |"
+                for r in sorted(by_task["cifar10dvs"], key=lambda r: r.T)]
+        out.append("")
+    if by_task["imagenet"]:
+        out += ["## ImageNet", "", "| model | neuron | T | paper top-1 | best top-1 | final top-1 | paper top-5 | "
+                "best top-5 | run |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in by_task["imagenet"]:
+            best5 = max((v for _, v in r.top5), default=None)
+            out.append(f"| {r.dataset} | {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {fmt(r.final)} | "
+                       f"{fmt(PAPER_TOP5.get(r.dataset))} | {fmt(best5)} | {short(r.path, roots)} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot_group(run: Run) -> str:
+    """Runs drawn together: one figure per task and dataset; the order sweeps get their own."""
+    sweep = run.neuron in ("masked_psn", "sliding_psn") and run.order not in (None, 32) and run.task == "sequential_cifar"
+    name = run.task if run.task in ("cifar10dvs", "imagenet") else f"{run.task}_{run.dataset}"
+    return f"{name}_{run.neuron}_order_sweep" if sweep else name
+
+
+def plot(runs: list[Run], folder: Path, roots: list[Path]) -> list[Path]:
+    """One PNG per group of runs: each run's test-accuracy curve, the paper's number as a dotted line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for group in sorted({plot_group(r) for r in runs}):
+        members = [r for r in runs if plot_group(r) == group]
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for r in members:
+            label = f"{neuron_label(r)}, T={r.T}: best {fmt(r.best)}"
+            line, = ax.plot([s for s, _ in r.curve], [v for _, v in r.curve], linewidth=1, label=label)
+            if r.paper is not None:
+                ax.axhline(r.paper, color=line.get_color(), linestyle=":", linewidth=0.8)
+        ax.set(title=f"{group}: test accuracy (dotted: the paper)", xlabel="epoch", ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6 if len(members) <= 12 else 4, loc="lower right", ncol=1 if len(members) <= 12 else 2)
+        path = folder / f"{group}_test_acc.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("roots", nargs="+", help="folders holding TensorBoard runs")
+    p.add_argument("--plots", default=None, help="write PNG accuracy curves into this folder")
+    p.add_argument("--json", default=None, help="also write every run's numbers as JSON")
+    args = p.parse_args(argv)
+    roots = [Path(r) for r in args.roots]
+    missing = [str(r) for r in roots if not r.is_dir()]
+    if missing:
+        print(f"error: no such folder: {', '.join(missing)}.", file=sys.stderr)
+        return 2
+    runs = find_runs(roots)
+    if not runs:
+        print(f"error: no TensorBoard run with test accuracy under {', '.join(map(str, roots))}.", file=sys.stderr)
+        return 2
+    print(tables(runs, roots))
+    if args.json:
+        Path(args.json).write_text(json.dumps([{**asdict(r), "best": r.best, "final": r.final, "paper": r.paper}
+                                               for r in runs], indent=1))
+    if args.plots:
+        for path in plot(runs, Path(args.plots), roots):
+            print(f"plot: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

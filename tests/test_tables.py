@@ -1,0 +1,76 @@
+"""scripts/paper_tables.py on the authors' logs (shipped in paper/logs) and on our own runs."""
+import json
+
+import pytest
+
+from conftest import QUICK, ROOT, last_json, run_script
+
+SCRIPT = "scripts/paper_tables.py"
+SEQ_CIFAR10 = {"PSN": 88.45, "masked PSN, order 32": 85.81, "sliding PSN, order 32": 86.70, "LIF": 81.50,
+               "PLIF": 83.49, "KLIF": 83.26, "GLIF": 83.66, "LIF without reset": 79.50}
+
+
+@pytest.fixture(scope="module")
+def paper_tables(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tables")
+    result = run_script(SCRIPT, ROOT / "paper" / "logs", "--json", out / "runs.json", "--plots", out / "plots")
+    return result.stdout, json.loads((out / "runs.json").read_text()), out / "plots"
+
+
+def test_cifar10_row_reads_the_papers_number(paper_tables):
+    text, runs, _ = paper_tables
+    cifar10 = [r for r in runs if r["task"] == "cifar10"]
+    assert len(cifar10) == 1 and round(cifar10[0]["best"], 2) == 95.32 and cifar10[0]["paper"] == 95.32
+    assert "| cifar10 | PSN | 4 | 95.32 | 95.32 | 94.96 |" in text
+
+
+def test_sequential_cifar10_column_is_the_papers(paper_tables):
+    text, _, _ = paper_tables
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines()
+            if line.startswith("| ") and "sequential" not in line}
+    for label, paper in SEQ_CIFAR10.items():
+        cells = rows[label]
+        assert float(cells[1]) == paper and float(cells[2]) == paper, label  # paper, best of the authors' run
+
+
+def test_every_layout_is_read(paper_tables):
+    _, runs, _ = paper_tables
+    dvs = {r["T"]: round(r["best"], 2) for r in runs if r["task"] == "cifar10dvs"}
+    assert dvs == {4: 82.30, 8: 85.30, 10: 85.90}
+    imagenet = {r["dataset"]: round(r["best"], 2) for r in runs if r["task"] == "imagenet"}
+    assert imagenet == {"sew_resnet18": 67.63, "sew_resnet34": 70.54}
+    seq100 = {(r["neuron"], r["order"]): round(r["best"], 2) for r in runs
+              if r["task"] == "sequential_cifar" and r["dataset"] == "cifar100" and r["variant"] == ""}
+    assert seq100[("psn", None)] == 62.21 and seq100[("masked_psn", 1)] == 49.30
+    assert seq100[("sliding_psn", 2)] == 55.91 and len(seq100) == 6 + 32 * 2  # psn + 5 baselines, masked and sliding P = 1..32
+    # Runs resumed by the authors hold two event files; each epoch counts once.
+    lif = next(r for r in runs if r["path"].endswith("scf10/lif_e256_b128_sgd_lr0.1_c128_amp"))
+    assert [s for s, _ in lif["curve"]] == list(range(256))
+
+
+def test_plots_are_pngs(paper_tables):
+    _, _, plots = paper_tables
+    pngs = sorted(p.name for p in plots.glob("*.png"))
+    assert "cifar10_cifar10_test_acc.png" in pngs and "imagenet_test_acc.png" in pngs and len(pngs) == 7
+    assert all((plots / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_our_own_runs_resumed_and_not(tmp_path):
+    run_script("cifar10/train.py", *QUICK, "--epochs", 2, "--stop-after", 1, "--output-dir", tmp_path, "--run-name", "a")
+    done = last_json(run_script("cifar10/train.py", *QUICK, "--epochs", 2, "--resume",
+                                tmp_path / "a" / "checkpoint_latest.pth").stdout)
+    seq = last_json(run_script("sequential_cifar/train.py", "--dataset", "digits", "--channels", 4, "-b", 64,
+                               "--workers", 0, "--device", "cpu", "--epochs", 1, "--neuron", "sliding_psn", "-P", 4,
+                               "--output-dir", tmp_path, "--run-name", "s").stdout)
+    result = run_script(SCRIPT, tmp_path, "--json", tmp_path / "runs.json")
+    runs = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads((tmp_path / "runs.json").read_text())}
+    assert [s for s, _ in runs["a"]["curve"]] == [0, 1]
+    assert runs["a"]["best"] == pytest.approx(done["best_test_acc1"], abs=1e-4) and runs["a"]["dataset"] == "digits"
+    assert runs["s"]["task"] == "sequential_cifar" and runs["s"]["neuron"] == "sliding_psn" and runs["s"]["order"] == 4
+    assert runs["s"]["final"] == pytest.approx(seq["last_test_acc1"], abs=1e-4)
+    assert "## CIFAR-10" in result.stdout and "## Sequential CIFAR" in result.stdout
+
+
+def test_no_runs_is_one_clear_error(tmp_path):
+    result = run_script(SCRIPT, tmp_path, check=False)
+    assert result.returncode == 2 and result.stderr.startswith("error: no TensorBoard run")
