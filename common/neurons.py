@@ -18,6 +18,7 @@ those of SpikingJelly 2.0's classes of the same names, so state dicts move
 between the two without conversion.
 """
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -43,6 +44,24 @@ def _time_linear(weight: torch.Tensor, bias: torch.Tensor, x_seq: torch.Tensor) 
     if flat.dtype != weight.dtype and not torch.is_autocast_enabled(flat.device.type):
         weight, bias = weight.to(flat.dtype), bias.to(flat.dtype)
     return torch.addmm(bias, weight, flat).view(x_seq.shape)
+
+
+def _kernels():
+    """common.kernels, imported on first use (it loads Triton)."""
+    from common import kernels
+
+    return kernels
+
+
+def _fire(weight: torch.Tensor, bias: torch.Tensor, x_seq: torch.Tensor, surrogate_function: nn.Module) -> torch.Tensor:
+    """spikes = surrogate_function(weight @ x_seq + bias): the fused kernel on a GPU, torch elsewhere.
+
+    The torch path is the reference: it builds H and keeps it for backward; the kernel
+    keeps only x and recomputes H (see common/kernels.py).
+    """
+    if (x_seq.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") and _kernels().usable(x_seq, surrogate_function):
+        return _kernels().fire(x_seq, weight, bias, surrogate_function.alpha)
+    return surrogate_function(_time_linear(weight, bias, x_seq))
 
 
 def _check_steps(module: nn.Module, x_seq: torch.Tensor) -> None:
@@ -77,7 +96,7 @@ class PSN(nn.Module, base.MultiStepModule):
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         _check_steps(self, x_seq)
-        return self.surrogate_function(_time_linear(self.weight, self.bias, x_seq))
+        return _fire(self.weight, self.bias, x_seq, self.surrogate_function)
 
     def extra_repr(self) -> str:
         return f"T={self.T}"
@@ -142,7 +161,7 @@ class MaskedPSN(base.MemoryModule):
     def multi_step_functional_forward(self, inputs, states, **kwargs):
         x_seq = inputs[0]
         _check_steps(self, x_seq)
-        return (self.surrogate_function(_time_linear(self.masked_weight(), self.bias, x_seq)),), states
+        return (_fire(self.masked_weight(), self.bias, x_seq, self.surrogate_function),), states
 
     def single_step_functional_forward(self, inputs, states, **kwargs):
         x = inputs[0]
@@ -232,10 +251,8 @@ class SlidingPSN(base.MemoryModule):
         if x_seq.dim() < 2:
             raise ValueError(f"SlidingPSN expects a time-major input [T, N, *], got shape {tuple(x_seq.shape)}.")
         if self.backend == "gemm":
-            h = _time_linear(self.gen_gemm_weight(x_seq.shape[0]), self.bias, x_seq)
-        else:
-            h = self._conv_potential(x_seq)
-        return (self.surrogate_function(h),), states
+            return (_fire(self.gen_gemm_weight(x_seq.shape[0]), self.bias, x_seq, self.surrogate_function),), states
+        return (self.surrogate_function(self._conv_potential(x_seq)),), states
 
     def single_step_functional_forward(self, inputs, states, **kwargs):
         x = inputs[0]

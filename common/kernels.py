@@ -1,0 +1,227 @@
+"""Fused Triton kernels for the PSN family: spikes = heaviside(W x + b) over time, ATan surrogate.
+
+One forward and one backward kernel serve PSN, masked PSN and sliding PSN: the
+neurons pass their effective [T, T] matrix (full, masked, or the sliding band) and
+a [T] bias, and autograd carries the weight gradient back through the mask or band.
+
+- Forward: reads x once and writes spikes once; no membrane potential is stored.
+- Backward: recomputes the potential from x, writes the input gradient, and sums the
+  weight and bias gradients per program into small partial buffers, added up by torch
+  (deterministic: no atomics).
+- x is seen as T slabs of M elements: each time step of a [T, N, C, H, W] activation is
+  one dense slab in the contiguous and the channels-last layouts alike, so the kernels
+  read and write either (or any dense layout) in place, with no copy.
+- fp32, fp16 and bf16 inputs; the arithmetic is fp32 (`tl.dot` in IEEE mode); spikes
+  and the input gradient come back in the input's dtype.
+
+The ops are registered with `torch.library`, so `torch.compile`d models keep them as
+opaque calls. The torch path of `common.neurons` is the reference; the tests run these
+kernels on CPU under `TRITON_INTERPRET=1` against it.
+"""
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
+    HAVE_TRITON = False
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_ENABLED = os.environ.get("PSN_FUSED", "1") != "0"
+# Under the Triton interpreter the kernels also run on CPU tensors; the neurons take that
+# path only when a test asks for it (it is far slower than the torch path on a CPU).
+INTERPRET_ON_CPU = False
+MAX_T = 256
+
+
+def set_enabled(flag: bool) -> None:
+    """Switch the fused path on or off (off: the torch reference path; for benchmarks and debugging)."""
+    global _ENABLED
+    _ENABLED = bool(flag)
+
+
+def usable(x: torch.Tensor, surrogate_function) -> bool:
+    """Whether a neuron call can take the fused path: CUDA (or the Triton interpreter), ATan, T <= MAX_T."""
+    if not (HAVE_TRITON and _ENABLED):
+        return False
+    if not (x.is_cuda or (_INTERPRET and INTERPRET_ON_CPU and x.device.type == "cpu")):
+        return False
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or x.dim() < 2 or x.shape[0] > MAX_T:
+        return False
+    from spikingjelly.activation_based import surrogate
+
+    return type(surrogate_function) is surrogate.ATan and surrogate_function.spiking
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense in some order of its dimensions (contiguous, channels-last, ...)."""
+    expected = 1
+    for size, stride in sorted(((s, st) for s, st in zip(t.shape, t.stride()) if s != 1), key=lambda p: p[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _slab_layout(x: torch.Tensor) -> bool:
+    """True when every time step of x is one dense slab at x + t * stride(0), laid out alike."""
+    return x.stride(0) >= x[0].numel() and _is_dense(x[0]) and (x.shape[0] == 1 or x.stride(0) == x[0].numel())
+
+
+def _block(t_pad: int) -> int:
+    return max(16, min(256, 8192 // t_pad))
+
+
+def _t_pad(T: int) -> int:
+    return max(16, triton.next_power_of_2(T))
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _psn_forward_kernel(x_ptr, w_ptr, b_ptr, s_ptr, M, stride_t, T,
+                            T_PAD: tl.constexpr, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        rows = tl.arange(0, T_PAD)
+        cols = pid * BLOCK + tl.arange(0, BLOCK)
+        row_ok = rows < T
+        w = tl.load(w_ptr + rows[:, None] * T + rows[None, :], mask=row_ok[:, None] & row_ok[None, :], other=0.0)
+        b = tl.load(b_ptr + rows, mask=row_ok, other=0.0)
+        offsets = rows.to(tl.int64)[:, None] * stride_t + cols[None, :]
+        ok = row_ok[:, None] & (cols < M)[None, :]
+        x = tl.load(x_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
+        h = tl.dot(w, x, input_precision="ieee") + b[:, None]
+        tl.store(s_ptr + offsets, (h >= 0.0).to(s_ptr.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _psn_backward_kernel(x_ptr, g_ptr, w_ptr, b_ptr, gx_ptr, gw_part_ptr, gb_part_ptr, M, stride_t, T,
+                             alpha, n_blocks, T_PAD: tl.constexpr, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        n_programs = tl.num_programs(0)
+        rows = tl.arange(0, T_PAD)
+        row_ok = rows < T
+        w = tl.load(w_ptr + rows[:, None] * T + rows[None, :], mask=row_ok[:, None] & row_ok[None, :], other=0.0)
+        b = tl.load(b_ptr + rows, mask=row_ok, other=0.0)
+        half_alpha = alpha * 0.5
+        gw_acc = tl.zeros([T_PAD, T_PAD], dtype=tl.float32)
+        gb_acc = tl.zeros([T_PAD], dtype=tl.float32)
+        for block in range(pid, n_blocks, n_programs):  # persistent: few programs, few partial sums
+            cols = block * BLOCK + tl.arange(0, BLOCK)
+            offsets = rows.to(tl.int64)[:, None] * stride_t + cols[None, :]
+            ok = row_ok[:, None] & (cols < M)[None, :]
+            x = tl.load(x_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
+            g = tl.load(g_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
+            h = tl.dot(w, x, input_precision="ieee") + b[:, None]
+            # ATan surrogate: d spike / d h = (alpha/2) / (1 + (pi * alpha/2 * h)^2)
+            ah = 3.141592653589793 * half_alpha * h
+            gh = g * (half_alpha / (1.0 + ah * ah))
+            gx = tl.dot(tl.trans(w), gh, input_precision="ieee")
+            tl.store(gx_ptr + offsets, gx.to(gx_ptr.dtype.element_ty), mask=ok)
+            gw_acc += tl.dot(gh, tl.trans(x), input_precision="ieee")
+            gb_acc += tl.sum(gh, axis=1)
+        square = rows[:, None] * T_PAD + rows[None, :]
+        tl.store(gw_part_ptr + pid * T_PAD * T_PAD + square, gw_acc)
+        tl.store(gb_part_ptr + pid * T_PAD + rows, gb_acc)
+
+
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    T = x.shape[0]
+    spikes = torch.empty_like(x)
+    M = x[0].numel()
+    t_pad = _t_pad(T)
+    block = _block(t_pad)
+    grid = (triton.cdiv(M, block),)
+    _psn_forward_kernel[grid](x, weight.float().contiguous(), bias.float().contiguous(), spikes, M, x.stride(0), T,
+                              T_PAD=t_pad, BLOCK=block)
+    return spikes
+
+
+def _programs(device: torch.device, n_blocks: int) -> int:
+    if device.type == "cuda":
+        return max(1, min(n_blocks, 4 * torch.cuda.get_device_properties(device).multi_processor_count))
+    return max(1, min(n_blocks, 4))
+
+
+def _backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alpha: float):
+    T = x.shape[0]
+    if grad.stride() != x.stride():  # the kernel walks both with one set of offsets
+        grad = torch.empty_like(x).copy_(grad)
+    M = x[0].numel()
+    t_pad = _t_pad(T)
+    block = _block(t_pad)
+    n_blocks = triton.cdiv(M, block)
+    programs = _programs(x.device, n_blocks)
+    grad_x = torch.empty_like(x)
+    gw_part = torch.empty(programs, t_pad, t_pad, device=x.device, dtype=torch.float32)
+    gb_part = torch.empty(programs, t_pad, device=x.device, dtype=torch.float32)
+    _psn_backward_kernel[(programs,)](x, grad, weight.float().contiguous(), bias.float().contiguous(), grad_x,
+                                      gw_part, gb_part, M, x.stride(0), T, float(alpha), n_blocks,
+                                      T_PAD=t_pad, BLOCK=block)
+    grad_w = gw_part.sum(0)[:T, :T].to(weight.dtype)
+    grad_b = gb_part.sum(0)[:T].to(bias.dtype)
+    return grad_x, grad_w, grad_b
+
+
+def _interpreter_bf16(x: torch.Tensor) -> bool:
+    # numpy, which the interpreter computes with, has no bfloat16: there bf16 goes through fp32.
+    return _INTERPRET and x.device.type == "cpu" and x.dtype == torch.bfloat16
+
+
+@torch.library.custom_op("psn::fire", mutates_args=())
+def fire_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alpha: float) -> torch.Tensor:
+    if _interpreter_bf16(x):
+        return _forward(x.float(), weight, bias).to(x.dtype)
+    return _forward(x, weight, bias)
+
+
+@fire_op.register_fake
+def _(x, weight, bias, alpha):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("psn::fire_backward", mutates_args=())
+def fire_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                     alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if _interpreter_bf16(x):
+        grad_x, grad_w, grad_b = _backward(grad.float(), x.float(), weight, bias, alpha)
+        return grad_x.to(x.dtype), grad_w, grad_b
+    return _backward(grad, x, weight, bias, alpha)
+
+
+@fire_backward_op.register_fake
+def _(grad, x, weight, bias, alpha):
+    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, alpha = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.alpha = alpha
+
+
+def _fire_backward(ctx, grad):
+    x, weight, bias = ctx.saved_tensors
+    grad_x, grad_w, grad_b = fire_backward_op(grad, x, weight, bias, ctx.alpha)
+    return grad_x, grad_w, grad_b, None
+
+
+fire_op.register_autograd(_fire_backward, setup_context=_setup_context)
+
+
+def fire(x_seq: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Spikes heaviside(weight @ x_seq + bias) over the time axis of x_seq [T, N, *], fused.
+
+    weight: [T, T]; bias: [T] (or anything that reshapes to it); alpha: the ATan surrogate's.
+    """
+    T = x_seq.shape[0]
+    if not _slab_layout(x_seq):
+        x_seq = x_seq.contiguous()
+    bias = bias.reshape(-1).expand(T) if bias.numel() == 1 else bias.reshape(T)
+    return fire_op(x_seq, weight, bias, float(alpha))
+
+
+__all__ = ["fire", "usable", "set_enabled", "MAX_T"]

@@ -1,0 +1,172 @@
+"""The fused Triton kernels against the torch path (the reference), run by Triton's interpreter on CPU."""
+import pytest
+import torch
+
+from common import kernels
+from common.neurons import PSN, MaskedPSN, SlidingPSN
+
+pytestmark = pytest.mark.skipif(not kernels.HAVE_TRITON, reason="Triton is not installed")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def fused():
+    """Send the neurons through the kernels (on CPU: through the interpreter) for one test."""
+    previous = kernels.INTERPRET_ON_CPU
+    kernels.INTERPRET_ON_CPU = True
+    yield
+    kernels.INTERPRET_ON_CPU = previous
+
+
+def make(kind, T, k):
+    if kind == "psn":
+        return PSN(T=T)
+    if kind == "masked":
+        m = MaskedPSN(k=k, T=T, lambda_init=0.6, step_mode="m")
+        return m
+    return SlidingPSN(k=k, exp_init=False, step_mode="m")
+
+
+def both_paths(module, x, grad):
+    """(spikes, grad x, grad weight, grad bias, potential) from the fused path and from the torch path."""
+    results = []
+    for enabled in (True, False):
+        kernels.set_enabled(enabled)
+        try:
+            xi = x.detach().clone().requires_grad_(True)
+            module.zero_grad(set_to_none=True)
+            y = module(xi)
+            y.backward(grad)
+            results.append((y.detach(), xi.grad, module.weight.grad.clone(), module.bias.grad.clone()))
+        finally:
+            kernels.set_enabled(True)
+    return results
+
+
+CASES = [("psn", 1, None), ("psn", 4, None), ("psn", 8, None), ("psn", 32, None), ("psn", 64, None),
+         ("psn", 100, None), ("masked", 4, 2), ("masked", 16, 3), ("masked", 32, 32), ("sliding", 4, 2),
+         ("sliding", 12, 5), ("sliding", 64, 3)]
+
+
+@pytest.mark.parametrize("kind,T,k", CASES)
+@pytest.mark.parametrize("shape", [(37,), (3, 5, 6, 6)])
+def test_fused_equals_torch_path_fp32(fused, kind, T, k, shape):
+    torch.manual_seed(T + (k or 0))
+    module = make(kind, T, k).to(DEVICE)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    x = torch.randn(T, *shape, device=DEVICE)
+    grad = torch.randn_like(x)
+    (ys, gxs, gws, gbs), (yr, gxr, gwr, gbr) = both_paths(module, x, grad)
+    assert torch.equal(ys, yr)
+    torch.testing.assert_close(gxs, gxr, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gws, gwr, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gbs, gbr, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind,T,k", [("psn", 4, None), ("masked", 8, 2), ("sliding", 16, 4)])
+def test_fused_half_precision_against_fp32_math(fused, kind, T, k, dtype):
+    """Half inputs: the kernel computes in fp32 and returns spikes and input gradients in the input dtype."""
+    torch.manual_seed(1)
+    module = make(kind, T, k).to(DEVICE)
+    x = torch.randn(T, 4, 3, 5, device=DEVICE).to(dtype)
+    grad = torch.randn_like(x)
+    kernels.set_enabled(True)
+    xi = x.clone().requires_grad_(True)
+    y = module(xi)
+    y.backward(grad)
+    assert y.dtype == dtype and xi.grad.dtype == dtype
+    weight = module.masked_weight() if kind == "masked" else (
+        module.gen_gemm_weight(T) if kind == "sliding" else module.weight)
+    h = (weight.detach() @ x.float().flatten(1) + module.bias.detach().reshape(-1, 1)).view(x.shape)
+    assert torch.equal(y.float(), (h >= 0).float())
+    alpha = 2.0
+    sg = (alpha / 2) / (1 + (torch.pi * alpha / 2 * h) ** 2)
+    gx = (weight.detach().t() @ (grad.float() * sg).flatten(1)).view(x.shape)
+    torch.testing.assert_close(xi.grad.float(), gx, rtol=2e-2, atol=2e-2)
+
+
+def test_channels_last_and_strided_inputs_need_no_copy_and_agree(fused):
+    torch.manual_seed(2)
+    module = PSN(T=4).to(DEVICE)
+    base = torch.randn(4 * 2, 6, 5, 5, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    x_cl = base.view(4, 2, 6, 5, 5)  # each time step a channels-last slab
+    assert kernels._slab_layout(x_cl) and not x_cl.is_contiguous()
+    y_cl = module(x_cl)
+    assert y_cl.stride() == x_cl.stride()  # spikes written in the input's own layout
+    kernels.set_enabled(False)
+    y_ref = module(x_cl.contiguous())
+    kernels.set_enabled(True)
+    assert torch.equal(y_cl, y_ref)
+    # A layout whose time steps interleave (time not outermost) falls back to one copy, still correct.
+    x_t = torch.randn(2, 4, 7, device=DEVICE).transpose(0, 1)
+    assert not kernels._slab_layout(x_t)
+    kernels.set_enabled(False)
+    ref = module(x_t)
+    kernels.set_enabled(True)
+    assert torch.equal(module(x_t), ref)
+
+
+def test_gradient_in_another_layout_is_handled(fused):
+    torch.manual_seed(3)
+    module = PSN(T=2).to(DEVICE)
+    x = torch.randn(2 * 3, 4, 3, 3, device=DEVICE).contiguous(memory_format=torch.channels_last).view(2, 3, 4, 3, 3)
+    x.requires_grad_(True)
+    y = module(x)
+    y.backward(torch.ones(2, 3, 4, 3, 3, device=DEVICE))  # contiguous gradient for a channels-last output
+    kernels.set_enabled(False)
+    x2 = x.detach().contiguous().requires_grad_(True)
+    module(x2).backward(torch.ones_like(x2))
+    kernels.set_enabled(True)
+    torch.testing.assert_close(x.grad, x2.grad)
+
+
+def test_only_atan_and_supported_sizes_take_the_fused_path(fused):
+    from spikingjelly.activation_based import surrogate
+
+    x = torch.randn(4, 3, device=DEVICE)
+    assert kernels.usable(x, surrogate.ATan())
+    assert not kernels.usable(x, surrogate.Sigmoid())
+    assert not kernels.usable(x, surrogate.ATan(spiking=False))
+    assert not kernels.usable(torch.randn(kernels.MAX_T + 1, 3, device=DEVICE), surrogate.ATan())
+    assert not kernels.usable(x.double(), surrogate.ATan())
+    kernels.set_enabled(False)
+    assert not kernels.usable(x, surrogate.ATan())
+    kernels.set_enabled(True)
+
+
+def test_custom_op_is_registered_for_torch_compile():
+    assert hasattr(torch.ops.psn, "fire") and hasattr(torch.ops.psn, "fire_backward")
+    x = torch.randn(4, 8)
+    fake = torch._subclasses.fake_tensor.FakeTensorMode()
+    with fake:
+        out = torch.ops.psn.fire(fake.from_tensor(x), fake.from_tensor(torch.randn(4, 4)),
+                                 fake.from_tensor(torch.randn(4)), 2.0)
+    assert out.shape == x.shape
+
+
+def test_fused_path_inside_torch_compile(fused):
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 6), PSN(T=4), torch.nn.Linear(6, 3)).to(DEVICE)
+    x = torch.randn(4, 5, 6, device=DEVICE)
+    eager = net(x)
+    eager.sum().backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+    out = compiled(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, eager)
+    for p, g in zip(net.parameters(), grads):
+        torch.testing.assert_close(p.grad, g)
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(net, backend=record, fullgraph=True)(x)
+    assert "psn.fire" in graphs[0]  # the kernel is one opaque node of the graph
