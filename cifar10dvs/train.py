@@ -9,16 +9,15 @@ The original command runs unchanged:
 import argparse
 import pathlib
 import sys
+from functools import partial
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-import torch.nn.functional as F  # noqa: E402
 
 from cifar10dvs.data import build_cifar10dvs  # noqa: E402
 from cifar10dvs.models import VGGSlidingPSN  # noqa: E402
 from common import cli, engine  # noqa: E402
 from common.errors import exits_cleanly  # noqa: E402
-from common.losses import tet_loss  # noqa: E402
+from common.losses import mean_logits_cross_entropy, per_step_outputs_loss  # noqa: E402
 
 METHODS = {"psn": "sliding_psn", "sliding_psn": "sliding_psn"}  # the original's -method PSN
 
@@ -45,19 +44,13 @@ def run_name(args) -> str:
 
 
 def task_for(args) -> engine.Task:
-    if args.tet:
-        def train_loss(out, target):
-            return tet_loss(out, target, mse_weight=args.tet_mse_weight, time_dim=1)
-    else:
-        def train_loss(out, target):
-            return F.cross_entropy(out.mean(1), target)
     return engine.Task(
         name="cifar10dvs",
         build_data=lambda a: build_cifar10dvs(a.data_dir, a.T, a.download),
         build_model=lambda a, classes: VGGSlidingPSN(classes, a.order, a.exp_init),
         run_name=run_name,
-        train_loss=train_loss,
-        eval_loss=lambda out, target: F.cross_entropy(out.mean(1), target),
+        train_loss=per_step_outputs_loss(args.tet, time_dim=1, mse_weight=args.tet_mse_weight),
+        eval_loss=partial(mean_logits_cross_entropy, time_dim=1),
         scores=lambda out: out.mean(1),
         global_batch=True,  # -b 32 is the paper's total batch, over however many GPUs
     )

@@ -26,3 +26,15 @@ def tet_loss(outputs: torch.Tensor, target: torch.Tensor, mse_weight: float = 0.
     if mse_weight == 0.0:
         return ce
     return (1.0 - mse_weight) * ce + mse_weight * F.mse_loss(steps, torch.full_like(steps, mse_target))
+
+
+def per_step_outputs_loss(tet: bool, time_dim: int, mse_weight: float = 0.0):
+    """Training loss of a network with per-step logits: TET, or cross-entropy of the mean logits."""
+    if tet:
+        return partial(tet_loss, mse_weight=mse_weight, time_dim=time_dim)
+    return partial(mean_logits_cross_entropy, time_dim=time_dim)
+
+
+def mean_logits_cross_entropy(outputs: torch.Tensor, target: torch.Tensor, time_dim: int = 0) -> torch.Tensor:
+    """Cross-entropy of the logits averaged over steps (the test loss of the TET tasks)."""
+    return F.cross_entropy(outputs.mean(time_dim), target)

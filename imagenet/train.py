@@ -14,12 +14,10 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import torch.nn.functional as F  # noqa: E402
-
 from common import cli, engine  # noqa: E402
 from common.checkpoint import load_matching  # noqa: E402
 from common.errors import exits_cleanly  # noqa: E402
-from common.losses import tet_loss  # noqa: E402
+from common.losses import mean_logits_cross_entropy, per_step_outputs_loss  # noqa: E402
 from common.neurons import NEURON_ALIASES, NEURON_NAMES, canonical_neuron_name  # noqa: E402
 from imagenet.data import build_imagenet  # noqa: E402
 from imagenet.models import MODELS  # noqa: E402
@@ -64,20 +62,14 @@ def load_ann_weights(model, args, report: bool) -> None:
 
 
 def task_for(args) -> engine.Task:
-    if args.tet:
-        def train_loss(out, target):
-            return tet_loss(out, target, time_dim=0)
-    else:
-        def train_loss(out, target):
-            return F.cross_entropy(out.mean(0), target)
     return engine.Task(
         name="imagenet",
         build_data=lambda a: build_imagenet(a.data_dir, a.cache_dir if a.cache_dataset else None,
                                            a.train_crop_size, a.val_resize_size, a.val_crop_size),
         build_model=lambda a, classes: MODELS[a.model](T=a.T, num_classes=classes, neuron=a.neuron, order=a.order),
         run_name=run_name,
-        train_loss=train_loss,
-        eval_loss=lambda out, target: F.cross_entropy(out.mean(0), target),
+        train_loss=per_step_outputs_loss(args.tet, time_dim=0),
+        eval_loss=mean_logits_cross_entropy,
         scores=lambda out: out.mean(0),
         init_weights=load_ann_weights,
     )
