@@ -11,8 +11,9 @@ a [T] bias, and autograd carries the weight gradient back through the mask or ba
 - x is seen as T slabs of M elements: each time step of a [T, N, C, H, W] activation is
   one dense slab in the contiguous and the channels-last layouts alike, so the kernels
   read and write either (or any dense layout) in place, with no copy.
-- fp32, fp16 and bf16 inputs; the arithmetic is fp32 (`tl.dot` in IEEE mode); spikes
-  and the input gradient come back in the input's dtype.
+- fp32, fp16 and bf16 inputs; the arithmetic is fp32 (unrolled outer products for
+  T <= 16, `tl.dot` in IEEE mode beyond); spikes and the input gradient come back in
+  the input's dtype.
 
 The ops are registered with `torch.library`, so `torch.compile`d models keep them as
 opaque calls. The torch path of `common.neurons` is the reference; the tests run these
@@ -72,15 +73,78 @@ def _slab_layout(x: torch.Tensor) -> bool:
     return x.stride(0) >= x[0].numel() and _is_dense(x[0]) and (x.shape[0] == 1 or x.stride(0) == x[0].numel())
 
 
+SMALL_T = 16
+
+
 def _block(t_pad: int) -> int:
     return max(16, min(256, 8192 // t_pad))
 
 
 def _t_pad(T: int) -> int:
-    return max(16, triton.next_power_of_2(T))
+    """Rows of a program's tile: T rounded up to a power of two (and to tl.dot's 16 on the long path)."""
+    p2 = triton.next_power_of_2(T)
+    return p2 if T <= SMALL_T else max(16, p2)
 
 
 if HAVE_TRITON:
+
+    # Short sequences (T <= SMALL_T): the time mixing is unrolled into T outer products,
+    # so no work is spent on padding T up to tl.dot's minimum tile of 16.
+
+    @triton.jit
+    def _psn_forward_small_kernel(x_ptr, w_ptr, b_ptr, s_ptr, M, stride_t,
+                                  T: tl.constexpr, T_P2: tl.constexpr, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        rows = tl.arange(0, T_P2)
+        row_ok = rows < T
+        cols = pid * BLOCK + tl.arange(0, BLOCK)
+        col_ok = cols < M
+        step = stride_t.to(tl.int64)
+        h = tl.zeros([T_P2, BLOCK], dtype=tl.float32) + tl.load(b_ptr + rows, mask=row_ok, other=0.0)[:, None]
+        for j in tl.static_range(T):
+            x_j = tl.load(x_ptr + j * step + cols, mask=col_ok, other=0.0).to(tl.float32)
+            w_j = tl.load(w_ptr + rows * T + j, mask=row_ok, other=0.0)
+            h += w_j[:, None] * x_j[None, :]
+        offsets = rows.to(tl.int64)[:, None] * step + cols[None, :]
+        tl.store(s_ptr + offsets, (h >= 0.0).to(s_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+    @triton.jit
+    def _psn_backward_small_kernel(x_ptr, g_ptr, w_ptr, b_ptr, gx_ptr, gw_part_ptr, gb_part_ptr, M, stride_t,
+                                   alpha, n_blocks, T: tl.constexpr, T_P2: tl.constexpr, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        n_programs = tl.num_programs(0)
+        rows = tl.arange(0, T_P2)
+        row_ok = rows < T
+        step = stride_t.to(tl.int64)
+        b = tl.load(b_ptr + rows, mask=row_ok, other=0.0)
+        half_alpha = alpha * 0.5
+        gw_acc = tl.zeros([T_P2, T_P2], dtype=tl.float32)
+        gb_acc = tl.zeros([T_P2], dtype=tl.float32)
+        for block in range(pid, n_blocks, n_programs):
+            cols = block * BLOCK + tl.arange(0, BLOCK)
+            col_ok = cols < M
+            h = tl.zeros([T_P2, BLOCK], dtype=tl.float32) + b[:, None]
+            for j in tl.static_range(T):
+                x_j = tl.load(x_ptr + j * step + cols, mask=col_ok, other=0.0).to(tl.float32)
+                h += tl.load(w_ptr + rows * T + j, mask=row_ok, other=0.0)[:, None] * x_j[None, :]
+            offsets = rows.to(tl.int64)[:, None] * step + cols[None, :]
+            ok = row_ok[:, None] & col_ok[None, :]
+            g = tl.load(g_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
+            ah = 3.141592653589793 * half_alpha * h
+            gh = g * (half_alpha / (1.0 + ah * ah))
+            for j in tl.static_range(T):
+                w_j = tl.load(w_ptr + rows * T + j, mask=row_ok, other=0.0)
+                gx_j = tl.sum(w_j[:, None] * gh, axis=0)  # d loss / d x[j] = sum_t W[t, j] gh[t]
+                tl.store(gx_ptr + j * step + cols, gx_j.to(gx_ptr.dtype.element_ty), mask=col_ok)
+                x_j = tl.load(x_ptr + j * step + cols, mask=col_ok, other=0.0).to(tl.float32)  # cache-hot
+                column = tl.sum(gh * x_j[None, :], axis=1)  # d loss / d W[:, j]
+                gw_acc += tl.where(rows[None, :] == j, column[:, None], 0.0)
+            gb_acc += tl.sum(gh, axis=1)
+        square = rows[:, None] * T_P2 + rows[None, :]
+        tl.store(gw_part_ptr + pid * T_P2 * T_P2 + square, gw_acc)
+        tl.store(gb_part_ptr + pid * T_P2 + rows, gb_acc)
+
+    # Longer sequences: the [T, T] x [T, BLOCK] products go through tl.dot (fp32, IEEE).
 
     @triton.jit
     def _psn_forward_kernel(x_ptr, w_ptr, b_ptr, s_ptr, M, stride_t, T,
@@ -135,8 +199,11 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch
     t_pad = _t_pad(T)
     block = _block(t_pad)
     grid = (triton.cdiv(M, block),)
-    _psn_forward_kernel[grid](x, weight.float().contiguous(), bias.float().contiguous(), spikes, M, x.stride(0), T,
-                              T_PAD=t_pad, BLOCK=block)
+    w, b = weight.float().contiguous(), bias.float().contiguous()
+    if T <= SMALL_T:
+        _psn_forward_small_kernel[grid](x, w, b, spikes, M, x.stride(0), T=T, T_P2=t_pad, BLOCK=block)
+    else:
+        _psn_forward_kernel[grid](x, w, b, spikes, M, x.stride(0), T, T_PAD=t_pad, BLOCK=block)
     return spikes
 
 
@@ -158,9 +225,13 @@ def _backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: t
     grad_x = torch.empty_like(x)
     gw_part = torch.empty(programs, t_pad, t_pad, device=x.device, dtype=torch.float32)
     gb_part = torch.empty(programs, t_pad, device=x.device, dtype=torch.float32)
-    _psn_backward_kernel[(programs,)](x, grad, weight.float().contiguous(), bias.float().contiguous(), grad_x,
-                                      gw_part, gb_part, M, x.stride(0), T, float(alpha), n_blocks,
-                                      T_PAD=t_pad, BLOCK=block)
+    w, b = weight.float().contiguous(), bias.float().contiguous()
+    if T <= SMALL_T:
+        _psn_backward_small_kernel[(programs,)](x, grad, w, b, grad_x, gw_part, gb_part, M, x.stride(0), float(alpha),
+                                                n_blocks, T=T, T_P2=t_pad, BLOCK=block)
+    else:
+        _psn_backward_kernel[(programs,)](x, grad, w, b, grad_x, gw_part, gb_part, M, x.stride(0), T, float(alpha),
+                                          n_blocks, T_PAD=t_pad, BLOCK=block)
     grad_w = gw_part.sum(0)[:T, :T].to(weight.dtype)
     grad_b = gb_part.sum(0)[:T].to(bias.dtype)
     return grad_x, grad_w, grad_b
