@@ -50,6 +50,8 @@ def build_parser(description: str, **defaults) -> argparse.ArgumentParser:
     g.add_argument("--test-only", action="store_true", help="evaluate --resume's weights on the test set and exit")
     g.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across processes")
     g.add_argument("--channels-last", action="store_true", help="channels-last activations (GPU)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic GPU kernels (slower): a resumed run then matches an uninterrupted one on GPUs too")
     g.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop after N epochs of this invocation (split a long run into jobs); resume continues")
     p.set_defaults(**defaults)

@@ -194,7 +194,10 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
     amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if args.amp else None
     ctx = Context(args, env, device, amp_dtype)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not args.deterministic
+        torch.backends.cudnn.deterministic = args.deterministic
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
     batch_size = _per_process_batch(task, args, env)
     seed_epoch(args.seed, -1)

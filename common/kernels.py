@@ -77,7 +77,8 @@ SMALL_T = 16
 
 
 def _block(t_pad: int) -> int:
-    return max(16, min(256, 8192 // t_pad))
+    """Columns per program: [t_pad, BLOCK] fp32 tiles of at most 4096 elements (registers, not spills)."""
+    return 256 if t_pad <= SMALL_T else max(16, 4096 // t_pad)
 
 
 def _t_pad(T: int) -> int:
@@ -99,7 +100,7 @@ if HAVE_TRITON:
         row_ok = rows < T
         cols = pid * BLOCK + tl.arange(0, BLOCK)
         col_ok = cols < M
-        step = stride_t.to(tl.int64)
+        step = tl.zeros([], dtype=tl.int64) + stride_t  # int64 offsets; works when Triton made stride_t a constant
         h = tl.zeros([T_P2, BLOCK], dtype=tl.float32) + tl.load(b_ptr + rows, mask=row_ok, other=0.0)[:, None]
         for j in tl.static_range(T):
             x_j = tl.load(x_ptr + j * step + cols, mask=col_ok, other=0.0).to(tl.float32)
@@ -115,7 +116,7 @@ if HAVE_TRITON:
         n_programs = tl.num_programs(0)
         rows = tl.arange(0, T_P2)
         row_ok = rows < T
-        step = stride_t.to(tl.int64)
+        step = tl.zeros([], dtype=tl.int64) + stride_t  # int64 offsets; works when Triton made stride_t a constant
         b = tl.load(b_ptr + rows, mask=row_ok, other=0.0)
         half_alpha = alpha * 0.5
         gw_acc = tl.zeros([T_P2, T_P2], dtype=tl.float32)

@@ -49,7 +49,7 @@ CASES = [("psn", 1, None), ("psn", 4, None), ("psn", 8, None), ("psn", 32, None)
 
 
 @pytest.mark.parametrize("kind,T,k", CASES)
-@pytest.mark.parametrize("shape", [(37,), (3, 5, 6, 6)])
+@pytest.mark.parametrize("shape", [(1,), (37,), (3, 5, 6, 6)])
 def test_fused_equals_torch_path_fp32(fused, kind, T, k, shape):
     torch.manual_seed(T + (k or 0))
     module = make(kind, T, k).to(DEVICE)
