@@ -110,28 +110,40 @@ def read_args(run_dir: Path) -> dict:
     return args
 
 
-def describe(run_dir: Path, args: dict) -> tuple:
-    """(task, dataset, neuron, order, T, variant) of a run, from its args.txt or its name."""
+def _number(pattern: str, text: str):
+    match = re.search(pattern, text)
+    return int(match.group(1)) if match else None
+
+
+def describe(run_dir: Path, args: dict, layout: str | None) -> tuple:
+    """(task, dataset, neuron, order, T, variant) of a run, from its args.txt, its layout and its name.
+
+    `layout` is 'imagenet' for the original ImageNet script's te/ + train/ folders and
+    'cifar10dvs' for the original CIFAR10-DVS script's logs/ folder.
+    """
     name = run_dir.name
     raw_neuron = str(args.get("neuron", args.get("neu", "psn")))
     neuron = NEURON_ALIASES.get(raw_neuron, raw_neuron)
     variant = raw_neuron if raw_neuron == "plif_torch" else ""
+    T = args.get("T") or _number(r"(?:^|_)T(\d+)(?:_|$)", name)
     task = args.get("task")
     if task is None:
-        if "model" in args or name.endswith("_logs"):
+        if layout == "imagenet" or "model" in args or name.endswith("_logs"):
             task = "imagenet"
-        elif "method" in args or "method_" in name:
+        elif layout == "cifar10dvs" or "method" in args or "method_" in name:
             task = "cifar10dvs"
         elif "class_num" in args or "scf" in str(args.get("out_dir", "")) or "scf" in str(run_dir):
             task = "sequential_cifar"
         else:
             task = "cifar10"
     if task == "imagenet":
-        model = args.get("model") or re.match(r"(sew_resnet\d+)", name).group(1)
-        return task, model, neuron, args.get("order"), int(args.get("T", 4)), variant
+        model = args.get("model")
+        if model is None:
+            match = re.search(r"(sew_resnet\d+)", name)
+            model = match.group(1) if match else name
+        return task, model, neuron, args.get("order"), T, variant
     if task == "cifar10dvs":
-        T = args.get("T") or int(re.match(r"T(\d+)", name).group(1))
-        return task, "cifar10dvs", "sliding_psn", int(args.get("order", 2)), int(T), variant
+        return task, "cifar10dvs", "sliding_psn", int(args.get("order", 2)), T, variant
     if task == "sequential_cifar":
         if args.get("dataset") == "digits":
             dataset = "digits"
@@ -140,12 +152,11 @@ def describe(run_dir: Path, args: dict) -> tuple:
             if classes is None:
                 classes = 100 if "100" in str(args.get("data_dir", "")) + str(run_dir.parent) else 10
             dataset = f"cifar{classes}"
-        order = args.get("order", args.get("P")) if neuron in ("masked_psn", "sliding_psn") else None
-        if order is None and neuron in ("masked_psn", "sliding_psn"):
-            match = re.search(r"_P(\d+)$", name)
-            order = int(match.group(1)) if match else None
+        order = None
+        if neuron in ("masked_psn", "sliding_psn"):
+            order = args.get("order", args.get("P")) or _number(r"_P(\d+)$", name)
         return task, dataset, neuron, order, 32, variant
-    return task, args.get("dataset", "cifar10"), neuron, None, int(args.get("T", 4)), variant
+    return task, args.get("dataset", "cifar10"), neuron, None, T or 4, variant
 
 
 def find_runs(roots: list[Path]) -> list[Run]:
@@ -156,12 +167,15 @@ def find_runs(roots: list[Path]) -> list[Run]:
                 continue
             event_dir = Path(folder)
             # The original ImageNet script: <run>_logs/{train,te}; CIFAR10-DVS: <run>/logs.
-            run_dir = event_dir.parent if event_dir.name in ("te", "train", "logs") else event_dir
+            layout = {"te": "imagenet", "train": "imagenet", "logs": "cifar10dvs"}.get(event_dir.name)
+            if (event_dir / "args.txt").exists():
+                layout = None  # a run of ours that happens to carry such a name
+            run_dir = event_dir.parent if layout else event_dir
             scalars = read_scalars(event_dir)
             tag = next((t for t in TEST_TAGS if t in scalars), None)
             if tag is None:
                 continue
-            task, dataset, neuron, order, T, variant = describe(run_dir, read_args(run_dir))
+            task, dataset, neuron, order, T, variant = describe(run_dir, read_args(run_dir), layout)
             top5_tag = next((t for t in TOP5_TAGS if t in scalars), None)
             runs[str(run_dir)] = Run(str(run_dir), task, dataset, neuron, order, T, variant,
                                      as_percent(scalars[tag]), scalars[top5_tag] if top5_tag else [])

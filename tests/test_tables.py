@@ -74,3 +74,26 @@ def test_our_own_runs_resumed_and_not(tmp_path):
 def test_no_runs_is_one_clear_error(tmp_path):
     result = run_script(SCRIPT, tmp_path, check=False)
     assert result.returncode == 2 and result.stderr.startswith("error: no TensorBoard run")
+
+
+def test_original_layouts_under_any_name(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    def write(folder, tag, values, extra=None):
+        with SummaryWriter(str(folder)) as w:
+            for step, v in enumerate(values):
+                w.add_scalar(tag, v, step)
+                for t, vs in (extra or {}).items():
+                    w.add_scalar(t, vs[step], step)
+
+    write(tmp_path / "dvs_run" / "logs", "test_acc", [10.0, 55.5, 42.0])  # percent
+    write(tmp_path / "big_logs" / "te", "test_acc1", [20.0, 61.0], {"test_acc5": [40.0, 83.0]})
+    write(tmp_path / "big_logs" / "train", "train_acc1", [15.0, 50.0])
+    write(tmp_path / "frac", "test_acc", [0.1, 0.8, 0.75])  # a fraction, as the original CIFAR scripts wrote it
+    result = run_script(SCRIPT, tmp_path, "--json", tmp_path / "r.json")
+    runs = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads((tmp_path / "r.json").read_text())}
+    assert set(runs) == {"dvs_run", "big_logs", "frac"}
+    assert runs["dvs_run"]["task"] == "cifar10dvs" and (runs["dvs_run"]["best"], runs["dvs_run"]["final"]) == (55.5, 42.0)
+    assert runs["big_logs"]["task"] == "imagenet" and runs["big_logs"]["best"] == 61.0
+    assert runs["frac"]["task"] == "cifar10" and runs["frac"]["best"] == pytest.approx(80.0)
+    assert "| 83.00 |" in result.stdout  # best top-5
