@@ -209,48 +209,13 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
                               pin_memory=device.type == "cuda")
 
     if args.test_only:
-        load_model_weights(model, args.resume)
-        if args.sync_bn and env.enabled:
-            model = D.convert_sync_batchnorm(model)
-        metrics = evaluate(model, test_loader, task, ctx, data.num_classes)
-        record = {"test_acc1": metrics["acc1"], "test_loss": metrics["loss"], "samples": metrics["samples"]}
-        if "acc5" in metrics:
-            record["test_acc5"] = metrics["acc5"]
-        if env.is_main:
-            _print_json(record)
-        return record
+        return _test_only(model, test_loader, task, ctx, data.num_classes)
 
     optimizer = _build_optimizer(args, model)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.cos_lr_T or args.epochs)
     if amp_dtype == torch.float16:
         ctx.scaler = torch.amp.GradScaler(device.type)
-
-    start_epoch, best_acc1, last_acc1 = 0, None, None
-    resumed_from = None
-    if args.resume:
-        ckpt = load_model_weights(model, args.resume)
-        resumed_from = str(ckpt.path)
-        start_epoch = 0 if ckpt.epoch is None else ckpt.epoch + 1
-        best_acc1 = ckpt.best_acc1
-        last_acc1 = ckpt.task_state.get("last_acc1")
-        if start_epoch < args.epochs:
-            _restore_training_state(ckpt, optimizer, scheduler, ctx)
-        run_dir = ckpt.path.parent if ckpt.layout == "ours" else None
-    else:
-        run_dir = None
-        if task.init_weights is not None:
-            task.init_weights(model, args, env.is_main)
-    if run_dir is None:
-        run_dir = Path(args.output_dir) / (args.run_name or task.run_name(args))
-        problem = None
-        if env.is_main:
-            try:
-                runlog.claim_new_run_dir(run_dir)
-            except UserError as e:
-                problem = str(e)
-        problem = D.broadcast_object(env, problem)
-        if problem:
-            raise UserError(problem)
+    start_epoch, best_acc1, last_acc1, run_dir, resumed_from = _starting_point(task, model, optimizer, scheduler, ctx)
 
     summary = {"run_dir": str(run_dir), "epochs_done": start_epoch,
                "best_test_acc1": best_acc1, "last_test_acc1": last_acc1}
@@ -315,6 +280,51 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
     if env.is_main:
         _print_json(summary)
     return summary
+
+
+def _test_only(model, test_loader, task: Task, ctx: Context, num_classes: int) -> dict:
+    load_model_weights(model, ctx.args.resume)
+    metrics = evaluate(model, test_loader, task, ctx, num_classes)
+    record = {"test_acc1": metrics["acc1"], "test_loss": metrics["loss"], "samples": metrics["samples"]}
+    if "acc5" in metrics:
+        record["test_acc5"] = metrics["acc5"]
+    if ctx.env.is_main:
+        _print_json(record)
+    return record
+
+
+def _starting_point(task: Task, model, optimizer, scheduler, ctx: Context):
+    """(start epoch, best acc1, last acc1, run directory, resumed-from path) of this invocation.
+
+    --resume of one of our checkpoints continues in its run directory; any other file
+    (the original layouts, bare weights) starts a new run directory from its weights.
+    A new run directory that already holds checkpoints is refused (decided on rank 0).
+    """
+    args, env = ctx.args, ctx.env
+    start_epoch, best_acc1, last_acc1, run_dir, resumed_from = 0, None, None, None, None
+    if args.resume:
+        ckpt = load_model_weights(model, args.resume)
+        resumed_from = str(ckpt.path)
+        start_epoch = 0 if ckpt.epoch is None else ckpt.epoch + 1
+        best_acc1, last_acc1 = ckpt.best_acc1, ckpt.task_state.get("last_acc1")
+        if start_epoch < args.epochs:
+            _restore_training_state(ckpt, optimizer, scheduler, ctx)
+        if ckpt.layout == "ours":
+            run_dir = ckpt.path.parent
+    elif task.init_weights is not None:
+        task.init_weights(model, args, env.is_main)
+    if run_dir is None:
+        run_dir = Path(args.output_dir) / (args.run_name or task.run_name(args))
+        problem = None
+        if env.is_main:
+            try:
+                runlog.claim_new_run_dir(run_dir)
+            except UserError as e:
+                problem = str(e)
+        problem = D.broadcast_object(env, problem)
+        if problem:
+            raise UserError(problem)
+    return start_epoch, best_acc1, last_acc1, run_dir, resumed_from
 
 
 def _per_process_batch(task: Task, args: Namespace, env: D.DistEnv) -> int:
