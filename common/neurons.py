@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import base, surrogate
 
-__all__ = ["PSN", "MaskedPSN", "SlidingPSN"]
+__all__ = ["PSN", "MaskedPSN", "SlidingPSN", "create_neuron", "canonical_neuron_name", "NEURON_NAMES"]
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -37,8 +37,8 @@ def _check_positive_int(name: str, value) -> int:
 def _time_linear(weight: torch.Tensor, bias: torch.Tensor, x_seq: torch.Tensor) -> torch.Tensor:
     """H = weight @ x_seq + bias over the time axis; x_seq is [T, N, *], H has its shape.
 
-    The [T, N, *] tensor is seen as a [T, N*...] matrix, which for a contiguous
-    or channels-last activation is a free view (each time step is one slab).
+    The [T, N, *] tensor is seen as a [T, N*...] matrix: a free view of a contiguous
+    activation (a channels-last one is copied here; the fused kernel reads it in place).
     """
     flat = x_seq.reshape(x_seq.shape[0], -1)
     if flat.dtype != weight.dtype and not torch.is_autocast_enabled(flat.device.type):
