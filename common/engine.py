@@ -9,6 +9,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from argparse import Namespace
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,10 +213,10 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
         return _test_only(model, test_loader, task, ctx, data.num_classes)
 
     optimizer = _build_optimizer(args, model)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.cos_lr_T or args.epochs)
     if amp_dtype == torch.float16:
         ctx.scaler = torch.amp.GradScaler(device.type)
-    start_epoch, best_acc1, last_acc1, run_dir, resumed_from = _starting_point(task, model, optimizer, scheduler, ctx)
+    start_epoch, best_acc1, last_acc1, run_dir, resumed_from = _starting_point(task, model, optimizer, ctx)
+    scheduler = _cosine_schedule(optimizer, args, start_epoch)
 
     summary = {"run_dir": str(run_dir), "epochs_done": start_epoch,
                "best_test_acc1": best_acc1, "last_test_acc1": last_acc1}
@@ -293,7 +294,26 @@ def _test_only(model, test_loader, task: Task, ctx: Context, num_classes: int) -
     return record
 
 
-def _starting_point(task: Task, model, optimizer, scheduler, ctx: Context):
+def _cosine_schedule(optimizer, args: Namespace, start_epoch: int):
+    """Cosine annealing per epoch over --cos-lr-T (default --epochs), at `start_epoch`.
+
+    A resumed run replays the schedule from --lr up to its epoch rather than loading the
+    saved one: the learning rate is a function of the epoch and this command's settings,
+    so a run stopped after any epoch (`--stop-after`, or a first `--epochs 1`) continues
+    exactly as the uninterrupted run would have.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = args.lr
+        group.pop("initial_lr", None)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.cos_lr_T or args.epochs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stepping the schedule without optimizer steps is the point here
+        for _ in range(start_epoch):
+            scheduler.step()
+    return scheduler
+
+
+def _starting_point(task: Task, model, optimizer, ctx: Context):
     """(start epoch, best acc1, last acc1, run directory, resumed-from path) of this invocation.
 
     --resume of one of our checkpoints continues in its run directory; any other file
@@ -308,7 +328,7 @@ def _starting_point(task: Task, model, optimizer, scheduler, ctx: Context):
         start_epoch = 0 if ckpt.epoch is None else ckpt.epoch + 1
         best_acc1, last_acc1 = ckpt.best_acc1, ckpt.task_state.get("last_acc1")
         if start_epoch < args.epochs:
-            _restore_training_state(ckpt, optimizer, scheduler, ctx)
+            _restore_training_state(ckpt, optimizer, ctx)
         if ckpt.layout == "ours":
             run_dir = ckpt.path.parent
     elif task.init_weights is not None:
@@ -371,13 +391,11 @@ def _checkpoint_state(model, optimizer, scheduler, ctx: Context, epoch, best_acc
     }
 
 
-def _restore_training_state(ckpt, optimizer, scheduler, ctx: Context) -> None:
-    """Optimizer, schedule, AMP scaler and RNG of a checkpoint; foreign layouts give what they have."""
+def _restore_training_state(ckpt, optimizer, ctx: Context) -> None:
+    """Optimizer state (momenta), AMP scaler and RNG of a checkpoint; foreign layouts give what they have."""
     try:
-        if ckpt.optimizer is not None:
+        if ckpt.optimizer:
             optimizer.load_state_dict(ckpt.optimizer)
-        if ckpt.lr_scheduler is not None:
-            scheduler.load_state_dict(ckpt.lr_scheduler)
     except (ValueError, KeyError, RuntimeError) as e:
         message = f"the optimizer state in {ckpt.path} does not fit this run's optimizer (--opt {ctx.args.opt}): {e}"
         if ckpt.layout == "ours":

@@ -190,3 +190,14 @@ def test_truncated_checkpoint_is_refused_and_left_alone(two_epoch_run, tmp_path)
     _fails_cleanly(result, "not readable", "truncated")
     assert broken.read_bytes() == data[: len(data) // 2]
     assert not list(broken.parent.glob("events*"))
+
+
+def test_a_first_run_with_fewer_epochs_resumed_to_more_matches_one_go(two_epoch_run, tmp_path):
+    one_go, _ = two_epoch_run
+    run_script(SCRIPT, *QUICK, "--epochs", 1, "--output-dir", tmp_path, "--run-name", "run")
+    run_script(SCRIPT, *QUICK, "--epochs", 2, "--resume", tmp_path / "run" / "checkpoint_latest.pth")
+    a = torch.load(one_go / "checkpoint_latest.pth", weights_only=True)
+    b = torch.load(tmp_path / "run" / "checkpoint_latest.pth", weights_only=True)
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    assert read_scalars(one_go)["lr"] == read_scalars(tmp_path / "run")["lr"]
