@@ -116,7 +116,6 @@ def bench_neurons(device, timer, steps_list, dtypes, numel, warmup, reps) -> lis
             row["LIF_sj_ms"] = timer(step(lif), warmup, reps)
             row["LIF_sj_mib"] = peak_extra_mib(device, step(lif))
             rows.append(row)
-            del x, g, xg, a, b, c
     return rows
 
 
@@ -209,7 +208,6 @@ def bench_networks(device, timer, quick, warmup, reps) -> list[dict]:
                 row[f"{variant}_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
             else:
                 row[f"{variant}_peak_mib"] = None
-            del model, opt
         rows.append(row)
     return rows
 

@@ -61,7 +61,7 @@ def set_lambda(model, epoch: int, args) -> dict:
 
 
 def run_name(args) -> str:
-    data = f"digits_" if args.dataset == "digits" else f"cifar{args.num_classes}_"
+    data = "digits_" if args.dataset == "digits" else f"cifar{args.num_classes}_"
     order = f"_P{args.order}" if args.neuron in ("masked_psn", "sliding_psn") else ""
     return f"{data}{args.neuron}_{cli.recipe_tag(args)}{order}"
 

@@ -3,11 +3,10 @@ import hashlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import run_script
 
 SCRIPT = "scripts/download_checkpoints.py"
 ARTICLE = 24454912
