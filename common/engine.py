@@ -51,6 +51,8 @@ class Task:
     global_batch: bool = False
     # Called on a new run's fresh model before training (e.g. ImageNet's --load of ANN weights).
     init_weights: Callable[[nn.Module, Namespace, bool], None] | None = None
+    # Called with --test-only once the weights are loaded, to refuse what cannot be evaluated.
+    check_loaded: Callable[[nn.Module, Namespace], None] | None = None
 
 
 class TrainingDiverged(UserError):
@@ -285,6 +287,8 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
 
 def _test_only(model, test_loader, task: Task, ctx: Context, num_classes: int) -> dict:
     load_model_weights(model, ctx.args.resume)
+    if task.check_loaded is not None:
+        task.check_loaded(model, ctx.args)
     metrics = evaluate(model, test_loader, task, ctx, num_classes)
     record = {"test_acc1": metrics["acc1"], "test_loss": metrics["loss"], "samples": metrics["samples"]}
     if "acc5" in metrics:

@@ -21,6 +21,8 @@ from common.neurons import NEURON_ALIASES, NEURON_NAMES, MaskedPSN, canonical_ne
 from sequential_cifar.models import SequentialCIFARNet  # noqa: E402
 
 COLUMNS = 32  # time steps: the image width
+# Neurons that run one step at a time: the PSN sees all steps at once; GLIF is multi-step only.
+STREAMABLE = ("masked_psn", "sliding_psn", "lif", "plif", "klif", "lif_no_reset")
 
 
 def parse_args(argv=None):
@@ -35,11 +37,17 @@ def parse_args(argv=None):
     p.add_argument("--exp-init", "-exp-init", dest="exp_init", action="store_true",
                    help="sliding PSN weights start as (..., 1/4, 1/2, 1) instead of Kaiming uniform")
     p.add_argument("--streaming", action="store_true",
-                   help="evaluate one column at a time, single-step (masked PSN at lambda 1, sliding PSN, LIF family)")
+                   help="with --test-only: evaluate one column at a time, single-step (masked PSN at lambda 1, "
+                        "sliding PSN, LIF family)")
     args = p.parse_args(argv)
     args.neuron = canonical_neuron_name(args.neuron)
     if args.T != COLUMNS:
         p.error(f"sequential CIFAR has one step per image column: T is {COLUMNS}.")
+    if args.streaming and not args.test_only:
+        p.error("--streaming evaluates trained weights: use it with --test-only --resume CHECKPOINT.")
+    if args.streaming and args.neuron not in STREAMABLE:
+        p.error(f"--streaming needs a neuron that runs one step at a time ({', '.join(STREAMABLE)}); "
+                f"{args.neuron} does not.")
     if args.neuron in ("masked_psn", "sliding_psn") and not 1 <= args.order <= COLUMNS:
         p.error(f"--order must lie in 1..{COLUMNS}.")
     return args
@@ -82,10 +90,14 @@ def lambda_state(model) -> dict:
     return {"lambda": lambdas[0]} if lambdas else {}
 
 
+def check_streamable(model, args) -> None:
+    lambdas = lambda_state(model)
+    if args.streaming and lambdas.get("lambda", 1.0) < 1.0:
+        raise UserError(f"These masked-PSN weights have lambda = {lambdas['lambda']:g}: they look at future columns, "
+                        "so they cannot stream; use a checkpoint from the end of training (lambda = 1).")
+
+
 def task_for(args) -> engine.Task:
-    if args.streaming and args.neuron == "psn":
-        raise UserError("--streaming needs a neuron that runs one step at a time; the PSN looks at all 32 columns "
-                        "at once (use masked_psn, sliding_psn or a LIF-type neuron).")
     return engine.Task(
         name="sequential_cifar",
         build_data=build_data,
@@ -95,6 +107,7 @@ def task_for(args) -> engine.Task:
         eval_loss=F.cross_entropy,
         on_epoch_start=set_lambda,
         state=lambda_state,
+        check_loaded=check_streamable,
     )
 
 

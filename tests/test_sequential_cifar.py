@@ -162,3 +162,12 @@ def test_the_original_command_parses():
             args.neuron, args.order) == ("D", 100, True, "adamw", 0.001, 128, 256, "sliding_psn", 32)
     d = seq_train.parse_args([])
     assert (d.epochs, d.batch_size, d.opt, d.lr, d.channels, d.neuron, d.T) == (256, 128, "sgd", 0.1, 128, "psn", 32)
+
+
+def test_streaming_refuses_weights_mid_lambda_schedule(tmp_path):
+    run_script(SCRIPT, *QUICK, "--neuron", "masked_psn", "--epochs", 9, "--stop-after", 1, "--output-dir", tmp_path,
+               "--run-name", "r")  # lambda 0 after the first epoch
+    result = run_script(SCRIPT, *QUICK, "--neuron", "masked_psn", "--test-only", "--streaming", "--resume",
+                        tmp_path / "r" / "checkpoint_latest.pth", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "lambda = 0" in result.stderr and "cannot stream" in result.stderr
