@@ -170,3 +170,28 @@ def test_fused_path_inside_torch_compile(fused):
     torch._dynamo.reset()
     torch.compile(net, backend=record, fullgraph=True)(x)
     assert "psn.fire" in graphs[0]  # the kernel is one opaque node of the graph
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cifar10_network_trains_the_same_through_the_kernels(fused, channels_last):
+    from cifar10.models import CIFAR10Net
+    from spikingjelly.activation_based import functional
+
+    torch.manual_seed(5)
+    net = CIFAR10Net(channels=4, T=4).to(DEVICE)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    x = torch.randn(3, 3, 32, 32, device=DEVICE)
+    results = []
+    for enabled in (True, False):
+        kernels.set_enabled(enabled)
+        net.zero_grad(set_to_none=True)
+        out = net(x)
+        out.square().sum().backward()
+        functional.reset_net(net)
+        results.append((out.detach(), [p.grad.clone() for p in net.parameters()]))
+    kernels.set_enabled(True)
+    (out_f, grads_f), (out_t, grads_t) = results
+    torch.testing.assert_close(out_f, out_t, rtol=1e-5, atol=1e-5)
+    for gf, gt in zip(grads_f, grads_t):
+        torch.testing.assert_close(gf, gt, rtol=1e-3, atol=1e-4)
