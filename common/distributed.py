@@ -69,6 +69,18 @@ def all_reduce_sum(env: DistEnv, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_buffers(env: DistEnv, model: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics).
+
+    DDP syncs buffers before each forward, so after the last training step every rank
+    holds statistics of its own last batch; evaluating with them would score a model
+    that no checkpoint holds. Rank 0's are the ones saved.
+    """
+    if env.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 class ShardSampler(Sampler):
     """Every index exactly once across ranks, without the padding of DistributedSampler.
 

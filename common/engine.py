@@ -254,6 +254,7 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
             task_scalars = task.on_epoch_start(model, epoch, args) if task.on_epoch_start else {}
             lr = optimizer.param_groups[0]["lr"]
             train = train_one_epoch(train_model, train_loader, optimizer, task, ctx, epoch)
+            D.broadcast_buffers(env, model)  # evaluate, on every rank, the model rank 0 saves
             test = evaluate(model, test_loader, task, ctx, data.num_classes)
             scheduler.step()
             last_acc1 = test["acc1"]
