@@ -58,3 +58,14 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def torchrun():
     return [sys.executable, "-m", "torch.distributed.run"]
+
+
+def manifest(name: str) -> list[tuple[str, tuple[int, ...], str]]:
+    """(key, shape, dtype) rows of a released model's key manifest in tests/fixtures/original/manifests."""
+    rows = []
+    for line in open(FIXTURES / "manifests" / name):
+        if line.startswith("#"):
+            continue
+        key, shape, dtype = line.rstrip("\n").split("\t")
+        rows.append((key, () if shape == "scalar" else tuple(int(s) for s in shape.split("x")), dtype))
+    return rows

@@ -6,7 +6,7 @@ import torch
 
 from cifar10.models import CIFAR10Net
 from common.checkpoint import load_model_weights
-from conftest import FIXTURES, QUICK, free_port, last_json, read_scalars, run_script, script_env
+from conftest import FIXTURES, QUICK, free_port, last_json, manifest, read_scalars, run_script, script_env
 
 SCRIPT = "cifar10/train.py"
 TAGS = {"train/loss", "train/acc1", "test/loss", "test/acc1", "test/acc5", "lr", "train/images_per_s",
@@ -33,14 +33,12 @@ def test_released_cifar10_checkpoint_gives_the_original_outputs_in_float64():
 
 
 def test_paper_model_has_the_released_keys_and_shapes():
-    rows = [line.rstrip("\n").split("\t") for line in open(FIXTURES / "manifests/cifar10_psn_c256_T4.tsv")
-            if not line.startswith("#")]
+    rows = manifest("cifar10_psn_c256_T4.tsv")
     ours = CIFAR10Net(channels=256, T=4).state_dict()
-    converted = {k.replace(".fc.", ".") if k.split(".")[0] == "conv" or k.startswith("fc.2.") else k: shape
-                 for k, shape, _ in rows}
     assert len(rows) == len(ours)
-    for key, shape in converted.items():
-        expected = () if shape == "scalar" else tuple(int(s) for s in shape.split("x"))
+    for key, expected, _ in rows:
+        if key.split(".")[0] == "conv" or key.startswith("fc.2."):
+            key = key.replace(".fc.", ".")  # the original PSN held an nn.Linear named fc
         if key.endswith(".bias") and len(expected) == 1 and ours[key].dim() == 2:
             expected = (expected[0], 1)  # the PSN bias is [T, 1] in SpikingJelly's layout
         assert tuple(ours[key].shape) == expected, key

@@ -11,7 +11,7 @@ from cifar10dvs.data import build_cifar10dvs
 from cifar10dvs.models import VGGSlidingPSN
 from common.checkpoint import load_model_weights
 from common.losses import tet_loss
-from conftest import FIXTURES, last_json, read_scalars, run_script
+from conftest import last_json, manifest, read_scalars, run_script
 
 SCRIPT = "cifar10dvs/train.py"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -98,11 +98,7 @@ def manifest_checkpoint(prefix: str = "") -> dict:
     """Random weights in the original model_dvs layout, key for key from the released manifest."""
     g = torch.Generator().manual_seed(0)
     sd = {}
-    for line in open(FIXTURES / "manifests" / "cifar10dvs_vgg_spsn.tsv"):
-        if line.startswith("#"):
-            continue
-        key, shape, dtype = line.rstrip("\n").split("\t")
-        shape = () if shape == "scalar" else tuple(int(s) for s in shape.split("x"))
+    for key, shape, dtype in manifest("cifar10dvs_vgg_spsn.tsv"):
         if dtype == "int64":
             sd[prefix + key] = torch.tensor(100)
         elif key.endswith("running_var"):

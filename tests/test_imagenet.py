@@ -10,7 +10,7 @@ import torchvision
 from PIL import Image
 
 from common.checkpoint import load_model_weights, read_checkpoint
-from conftest import FIXTURES, last_json, read_scalars, run_script
+from conftest import last_json, manifest, read_scalars, run_script
 from imagenet import train as inet_train
 from imagenet.data import index_folder
 from imagenet.models import MODELS
@@ -91,11 +91,7 @@ def test_load_copies_every_matching_torchvision_tensor(image_folder, tmp_path):
 def manifest_state_dict(name: str) -> dict:
     g = torch.Generator().manual_seed(0)
     sd = {}
-    for line in open(FIXTURES / "manifests" / name):
-        if line.startswith("#"):
-            continue
-        key, shape, dtype = line.rstrip("\n").split("\t")
-        shape = () if shape == "scalar" else tuple(int(s) for s in shape.split("x"))
+    for key, shape, dtype in manifest(name):
         if dtype == "int64":
             sd[key] = torch.tensor(10)
         elif key.endswith("running_var"):
