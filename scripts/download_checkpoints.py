@@ -29,7 +29,14 @@ CHUNK = 1 << 20
 ROOT = Path(__file__).resolve().parents[1]
 
 
+DEFAULT_PAGE = 10  # figshare's page size when none is asked for
+
+
 class DownloadError(Exception):
+    pass
+
+
+class NotFound(DownloadError):
     pass
 
 
@@ -38,7 +45,8 @@ def fetch_json(url: str, timeout: float):
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return json.load(response)
     except urllib.error.HTTPError as e:
-        raise DownloadError(f"{url} answered HTTP {e.code} ({e.reason}).") from None
+        error = NotFound if e.code == 404 else DownloadError
+        raise error(f"{url} answered HTTP {e.code} ({e.reason}).") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise DownloadError(f"Could not reach {url} ({reason}); check the network connection or --api.") from None
@@ -47,18 +55,34 @@ def fetch_json(url: str, timeout: float):
 
 
 def list_files(api: str, article: int, timeout: float) -> list[dict]:
-    """The article's files: name, size, md5, download_url (all pages of figshare's listing)."""
-    files, page = [], 1
-    while True:
-        batch = fetch_json(f"{api.rstrip('/')}/articles/{article}/files?page={page}&page_size=100", timeout)
-        if not isinstance(batch, list):
-            raise DownloadError(f"Unexpected answer listing article {article}: {str(batch)[:200]}")
-        files += batch
-        if len(batch) < 100:
-            break
-        page += 1
-    return [{"name": f["name"], "size": int(f["size"]), "md5": f.get("computed_md5") or f.get("supplied_md5") or "",
-             "url": f["download_url"]} for f in files]
+    """The article's files: name, size, md5, url.
+
+    figshare lists them at /articles/{id}/files, 10 per page by default (further pages
+    are fetched while pages come back full); where that listing is missing, the
+    article's own record at /articles/{id} carries them too.
+    """
+    base = f"{api.rstrip('/')}/articles/{article}"
+    try:
+        files = fetch_json(f"{base}/files", timeout)
+        page = 1
+        while isinstance(files, list) and len(files) == DEFAULT_PAGE * page:
+            page += 1
+            more = fetch_json(f"{base}/files?page={page}&page_size={DEFAULT_PAGE}", timeout)
+            if not isinstance(more, list) or not more:
+                break
+            files += more
+    except NotFound:
+        files = fetch_json(base, timeout)
+    if isinstance(files, dict):
+        files = files.get("files")
+    if not isinstance(files, list):
+        raise DownloadError(f"{base} did not list the article's files; is --api right?")
+    try:
+        return [{"name": f["name"], "size": int(f["size"]),
+                 "md5": f.get("computed_md5") or f.get("supplied_md5") or f.get("md5") or "",
+                 "url": f["download_url"]} for f in files]
+    except (KeyError, TypeError, ValueError):
+        raise DownloadError(f"{base} listed files without name, size or download_url; is --api right?") from None
 
 
 def md5_of(path: Path) -> str:

@@ -20,6 +20,7 @@ class FakeFigshare:
         self.bad_md5: set[str] = set()
         self.cut_next: set[str] = set()
         self.requests: list[tuple[str, str | None]] = []
+        self.article_record_only = False  # serve the file list only inside /articles/{id}
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -28,13 +29,16 @@ class FakeFigshare:
 
             def do_GET(self):
                 fake.requests.append((self.path, self.headers.get("Range")))
-                if self.path.startswith(f"/articles/{ARTICLE}/files"):
-                    body = json.dumps([{"id": i, "name": name, "size": len(data),
-                                        "computed_md5": ("0" * 32 if name in fake.bad_md5
-                                                         else hashlib.md5(data).hexdigest()),
-                                        "download_url": f"{fake.url}/files/{name}"}
-                                       for i, (name, data) in enumerate(fake.files.items())]).encode()
+                listing = [{"id": i, "name": name, "size": len(data),
+                            "computed_md5": "0" * 32 if name in fake.bad_md5 else hashlib.md5(data).hexdigest(),
+                            "download_url": f"{fake.url}/files/{name}"}
+                           for i, (name, data) in enumerate(fake.files.items())]
+                if self.path.startswith(f"/articles/{ARTICLE}/files") and not fake.article_record_only:
+                    page = int(self.path.split("page=")[1].split("&")[0]) if "page=" in self.path else 1
+                    body = json.dumps(listing[(page - 1) * 10: page * 10]).encode()  # figshare's pages of 10
                     return self._send(200, body, {"Content-Type": "application/json"})
+                if self.path == f"/articles/{ARTICLE}":
+                    return self._send(200, json.dumps({"id": ARTICLE, "files": listing}).encode())
                 name = self.path.rsplit("/", 1)[-1]
                 if not self.path.startswith("/files/") or name not in fake.files:
                     return self._send(404, b"not found")
@@ -130,3 +134,16 @@ def test_offline_says_so_in_one_sentence(tmp_path):
     out = run_script(SCRIPT, "--api", "http://127.0.0.1:9", "--dest", tmp_path, "--timeout", "5", check=False)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: Could not reach") and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_many_files_over_several_pages_and_the_article_record(tmp_path):
+    files = {f"ckpt_{i:02d}.pth": bytes([i]) * (1000 + i) for i in range(23)}
+    server = FakeFigshare(files)
+    try:
+        listing = fetch(server, tmp_path, "--list").stdout.splitlines()
+        assert sorted(line.split("\t")[0] for line in listing) == sorted(files)
+        server.article_record_only = True
+        fetch(server, tmp_path, "--filter", "ckpt_2*")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_20.pth", "ckpt_21.pth", "ckpt_22.pth"]
+    finally:
+        server.server.shutdown()
