@@ -5,8 +5,9 @@
     python scripts/download_checkpoints.py --filter imagenet --dest /data/ckpt
 
 The file list (names, sizes, MD5s, download URLs) comes from figshare's public API.
-Each file is fetched into `<name>.part`, resumed with an HTTP Range request if a
-previous transfer was cut, checked against its MD5, and only then renamed into place.
+Each file is fetched into `<name>.part`, resumed with an HTTP Range request when a
+transfer is cut (at once, up to --retries times, and by the next run from the .part
+left behind), checked against its MD5, and only then renamed into place.
 A file already present with the right MD5 is skipped. `--api` points elsewhere (a
 mirror, or the tests' local server).
 """
@@ -38,6 +39,10 @@ class DownloadError(Exception):
 
 class NotFound(DownloadError):
     pass
+
+
+class TransferCut(DownloadError):
+    """The connection ended early; the .part file keeps what arrived, for a Range request."""
 
 
 def fetch_json(url: str, timeout: float):
@@ -138,13 +143,13 @@ def download(entry: dict, dest: Path, timeout: float, quiet: bool) -> str:
                         f.write(chunk)
                         bar.update(len(chunk))
             except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
-                raise DownloadError(f"{entry['name']}: transfer cut at {part.stat().st_size} of {entry['size']} "
-                                    f"bytes ({e}); run again to resume.") from None
+                raise TransferCut(f"{entry['name']}: transfer cut at {part.stat().st_size} of {entry['size']} "
+                                  f"bytes ({e}); run again to resume.") from None
             finally:
                 bar.close()
     size = part.stat().st_size
     if size != entry["size"]:
-        raise DownloadError(f"{entry['name']}: transfer cut at {size} of {entry['size']} bytes; run again to resume.")
+        raise TransferCut(f"{entry['name']}: transfer cut at {size} of {entry['size']} bytes; run again to resume.")
     if entry["md5"] and md5_of(part) != entry["md5"]:
         part.unlink()
         raise DownloadError(f"{entry['name']}: MD5 mismatch (expected {entry['md5']}); the corrupt download was "
@@ -161,6 +166,7 @@ def main(argv=None) -> int:
     p.add_argument("--api", default=API, help="figshare API base URL")
     p.add_argument("--article", type=int, default=ARTICLE)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds before a stalled connection gives up")
+    p.add_argument("--retries", type=int, default=3, help="times a cut transfer is resumed at once (HTTP Range)")
     args = p.parse_args(argv)
     quiet = not sys.stderr.isatty()
     try:
@@ -181,12 +187,21 @@ def main(argv=None) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     failures = 0
     for entry in files:
-        try:
-            outcome = download(entry, dest, args.timeout, quiet)
-            print(f"{outcome}: {dest / entry['name']}", flush=True)
-        except DownloadError as e:
-            failures += 1
-            print(f"error: {e}", file=sys.stderr, flush=True)
+        for attempt in range(args.retries + 1):
+            try:
+                outcome = download(entry, dest, args.timeout, quiet)
+                print(f"{outcome}: {dest / entry['name']}", flush=True)
+                break
+            except TransferCut as e:
+                if attempt < args.retries:
+                    print(f"{e} Resuming.", file=sys.stderr, flush=True)
+                    continue
+                failures += 1
+                print(f"error: {e}", file=sys.stderr, flush=True)
+            except DownloadError as e:
+                failures += 1
+                print(f"error: {e}", file=sys.stderr, flush=True)
+                break
     return 1 if failures else 0
 
 

@@ -110,8 +110,18 @@ def test_list_and_filter(figshare, tmp_path):
 
 def test_cut_transfer_resumes_with_range(figshare, tmp_path):
     name = "cifar10_psn_T4.pth"
+    half = len(figshare.files[name]) // 2
     figshare.cut_next.add(name)
-    first = fetch(figshare, tmp_path, "--filter", name, check=False)
+    out = fetch(figshare, tmp_path, "--filter", name)  # cut once, resumed at once
+    assert "transfer cut" in out.stderr and "downloaded" in out.stdout
+    assert (tmp_path / name).read_bytes() == figshare.files[name]
+    assert (f"/files/{name}", f"bytes={half}-") in figshare.requests
+
+
+def test_cut_transfer_left_for_the_next_run(figshare, tmp_path):
+    name = "cifar10_psn_T4.pth"
+    figshare.cut_next.add(name)
+    first = fetch(figshare, tmp_path, "--filter", name, "--retries", 0, check=False)
     assert first.returncode == 1 and "transfer cut" in first.stderr and "resume" in first.stderr
     part = tmp_path / f"{name}.part"
     half = len(figshare.files[name]) // 2
