@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torch.utils.data import default_collate
 from torchvision import datasets
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
@@ -30,7 +29,8 @@ class DataBundle:
     train: Dataset
     test: Dataset
     num_classes: int
-    train_collate: Callable | None = None
+    # Applied to each training batch (images, targets) on the device, in the main process.
+    batch_transform: Callable | None = None
 
 
 class DigitsDataset(Dataset):
@@ -84,20 +84,43 @@ def cifar_test_transform(mean, std):
     return T.Compose([T.PILToTensor(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
 
 
-class MixupCutmixCollate:
-    """Collate a batch, then mix it with mixup (alpha 0.2) or cutmix (alpha 1.0), one chosen at random.
+class MixupCutmix:
+    """Mix a batch with mixup (alpha 0.2) or cutmix (alpha 1.0), one chosen at random.
 
-    Targets become class probabilities; the loss takes them as soft labels.
-    Runs in the loader's workers, so mixing costs the training loop nothing.
+    Targets become class probabilities; the loss takes them as soft labels. It runs in
+    the main process on the batch already on the device: cheap there, and its random
+    draws come from the main process's generator, so they do not depend on -j.
     """
 
     def __init__(self, num_classes: int, mixup_alpha: float = 0.2, cutmix_alpha: float = 1.0):
         self.mix = T.RandomChoice([T.MixUp(alpha=mixup_alpha, num_classes=num_classes),
                                    T.CutMix(alpha=cutmix_alpha, num_classes=num_classes)])
 
-    def __call__(self, batch):
-        images, targets = default_collate(batch)
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor):
         return self.mix(images, targets)
+
+
+class EpochSeeded(Dataset):
+    """Seed each sample's augmentation from (seed, epoch, index).
+
+    A sample is then augmented the same way whatever the number of loader workers or
+    processes and whatever the order it is drawn in: results do not depend on -j or on
+    the world size, and a resumed epoch replays exactly.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            return self.dataset[index]
 
 
 def build_cifar(name: str, data_dir: str, download: bool, num_classes: int = 10) -> DataBundle:
@@ -106,7 +129,7 @@ def build_cifar(name: str, data_dir: str, download: bool, num_classes: int = 10)
         mean, std = CIFAR10_MEAN, CIFAR10_STD
         train = DigitsDataset(True, cifar_train_transform(mean, std))
         test = DigitsDataset(False, cifar_test_transform(mean, std))
-        return DataBundle(train, test, 10, MixupCutmixCollate(10))
+        return DataBundle(train, test, 10, MixupCutmix(10))
     if name not in ("cifar10", "cifar100"):
         raise UserError(f"Unknown dataset {name!r}; choose cifar10, cifar100 or digits.")
     cls, mean, std = ((datasets.CIFAR10, CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10"
@@ -124,19 +147,20 @@ def build_cifar(name: str, data_dir: str, download: bool, num_classes: int = 10)
     except OSError as e:
         raise UserError(f"Could not get {cls.__name__} into {root}: {e}.") from None
     classes = len(train.classes)
-    return DataBundle(train, test, classes, MixupCutmixCollate(classes))
+    return DataBundle(train, test, classes, MixupCutmix(classes))
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, env: DistEnv, seed: int,
-                collate: Callable | None = None, pin_memory: bool = False) -> DataLoader:
+                pin_memory: bool = False) -> DataLoader:
     """Training: shuffled (DistributedSampler under DDP), last partial batch dropped as in the
-    original scripts. Evaluation: in order, every sample exactly once across ranks."""
+    original scripts, augmentation seeded per sample (EpochSeeded: call its set_epoch).
+    Evaluation: in order, every sample exactly once across ranks."""
     if train:
         sampler = DistributedSampler(dataset, env.world_size, env.rank, shuffle=True, seed=seed) \
             if env.enabled else None
-        return DataLoader(dataset, batch_size, shuffle=sampler is None, sampler=sampler, num_workers=workers,
-                          collate_fn=collate, pin_memory=pin_memory, drop_last=True,
-                          persistent_workers=False)
+        # Workers start anew each epoch, so they see the dataset's current epoch.
+        return DataLoader(EpochSeeded(dataset, seed), batch_size, shuffle=sampler is None, sampler=sampler,
+                          num_workers=workers, pin_memory=pin_memory, drop_last=True, persistent_workers=False)
     sampler = ShardSampler(len(dataset), env) if env.enabled else None
     return DataLoader(dataset, batch_size, shuffle=False, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, drop_last=False)

@@ -101,7 +101,8 @@ def _check_finite(ctx: Context, loss_sum: torch.Tensor, epoch: int) -> None:
                                "its last good checkpoint is kept (lower --lr, or check the data).")
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer, task: Task, ctx: Context, epoch: int) -> dict:
+def train_one_epoch(model: nn.Module, loader, optimizer, task: Task, ctx: Context, epoch: int,
+                    batch_transform=None) -> dict:
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     correct = torch.zeros((), dtype=torch.float64, device=ctx.device)
@@ -110,6 +111,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, task: Task, ctx: Contex
     bar = ctx.bar(loader, len(loader), f"train {epoch}")
     for step, batch in enumerate(bar, 1):
         images, target = _to_device(batch, ctx, task)
+        if batch_transform is not None:
+            images, target = batch_transform(images, target)
         with ctx.autocast():
             output = model(images)
             loss = task.train_loss(output, target)
@@ -234,7 +237,7 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
     if env.enabled:
         train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     train_loader = make_loader(data.train, batch_size, args.workers, True, env, args.seed,
-                               data.train_collate, pin_memory=device.type == "cuda")
+                               pin_memory=device.type == "cuda")
     if len(train_loader) == 0:
         raise UserError(f"The training set ({len(data.train)} samples over {env.world_size} processes) is "
                         f"smaller than one batch of {batch_size}; lower --batch-size.")
@@ -249,11 +252,12 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
     try:
         for epoch in range(start_epoch, stop_at):
             seed_epoch(args.seed, epoch)
+            train_loader.dataset.set_epoch(epoch)
             if hasattr(train_loader.sampler, "set_epoch"):
                 train_loader.sampler.set_epoch(epoch)
             task_scalars = task.on_epoch_start(model, epoch, args) if task.on_epoch_start else {}
             lr = optimizer.param_groups[0]["lr"]
-            train = train_one_epoch(train_model, train_loader, optimizer, task, ctx, epoch)
+            train = train_one_epoch(train_model, train_loader, optimizer, task, ctx, epoch, data.batch_transform)
             D.broadcast_buffers(env, model)  # evaluate, on every rank, the model rank 0 saves
             test = evaluate(model, test_loader, task, ctx, data.num_classes)
             scheduler.step()

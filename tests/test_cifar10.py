@@ -201,3 +201,13 @@ def test_a_first_run_with_fewer_epochs_resumed_to_more_matches_one_go(two_epoch_
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key
     assert read_scalars(one_go)["lr"] == read_scalars(tmp_path / "run")["lr"]
+
+
+def test_results_do_not_depend_on_the_number_of_loader_workers(two_epoch_run, tmp_path):
+    one_go, _ = two_epoch_run  # --workers 0
+    quick_with_workers = [a if a != "0" else "2" for a in QUICK]  # QUICK's only "0" is --workers
+    run_script(SCRIPT, *quick_with_workers, "--epochs", 2, "--output-dir", tmp_path, "--run-name", "run")
+    a = torch.load(one_go / "checkpoint_latest.pth", weights_only=True)
+    b = torch.load(tmp_path / "run" / "checkpoint_latest.pth", weights_only=True)
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
