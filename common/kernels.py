@@ -53,6 +53,8 @@ def usable(x: torch.Tensor, surrogate_function) -> bool:
         return False
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or x.dim() < 2 or x.shape[0] > MAX_T:
         return False
+    if x.numel() == 0:  # nothing to launch a grid over
+        return False
     from spikingjelly.activation_based import surrogate
 
     return type(surrogate_function) is surrogate.ATan and surrogate_function.spiking
