@@ -47,7 +47,8 @@ def test_spikingjelly_frames_and_the_paper_split(dvs_root):
     assert frames.shape == (4, 2, 48, 48) and frames.dtype == torch.float32
     raw = np.load(dvs_root / "frames_number_4_split_by_number" / "airplane" / "cifar10_airplane_0.npz")["frames"]
     assert raw.sum() == 3000  # raw counts: every event lands in one of the T frames
-    resized = F.interpolate(torch.from_numpy(raw).float(), size=(48, 48), mode="bilinear", antialias=True,
+    # The original's resize: bilinear on tensors, no antialiasing (torchvision 0.15).
+    resized = F.interpolate(torch.from_numpy(raw).float(), size=(48, 48), mode="bilinear", antialias=False,
                             align_corners=False)
     torch.testing.assert_close(frames, resized)
 
@@ -85,8 +86,8 @@ def test_tet_loss_matches_a_hand_computation():
     ce = 0.0
     for t in range(4):
         for n in range(3):
-            logits = out[n, t]
-            ce += -(logits[target[n]] - math.log(sum(math.exp(v) for v in logits.tolist())))
+            logits = out[n, t].tolist()  # plain floats: the reference shares no code with torch
+            ce += -(logits[int(target[n])] - math.log(sum(math.exp(v) for v in logits)))
     ce /= 4 * 3
     mse = ((out - 1.0) ** 2).mean().item()
     expected = (1 - 1e-3) * ce + 1e-3 * mse
@@ -183,3 +184,25 @@ def test_dropout_of_the_original_equals_elementwise_dropout():
         a = F.dropout2d(x, 0.25, True)
     torch.manual_seed(0)
     assert torch.equal(a, F.dropout(x, 0.25, True))
+
+
+@pytest.mark.parametrize("damage", ["missing_one", "corrupt_one"])
+def test_without_download_nothing_is_fetched_or_deleted(tmp_path, damage):
+    """Damaged or missing archives are reported before SpikingJelly runs, and the user's files stay."""
+    from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS
+
+    download = tmp_path / "dvs" / "download"
+    download.mkdir(parents=True)
+    names = [name for name, _, _ in CIFAR10DVS.resource_url_md5()]
+    for name in names[1:] if damage == "missing_one" else names:
+        (download / name).write_bytes(b"not the real archive " + name.encode())
+    before = {p.name: p.read_bytes() for p in download.iterdir()}
+    result = run_script(SCRIPT, "--data-dir", tmp_path / "dvs", "--device", "cpu", "--output-dir", tmp_path / "runs",
+                        check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "damaged" in lines[0] and "--download" in lines[0]
+    if damage == "missing_one":
+        assert f"{names[0]} missing" in lines[0]
+    assert {p.name: p.read_bytes() for p in download.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "dvs").iterdir()) == ["download"]  # nothing extracted or marked
