@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from common.baselines import GLIF
 from common.errors import UserError
 from common.neurons import PSN, MaskedPSN, SlidingPSN
 
@@ -141,6 +142,8 @@ def _convert_original_neurons(state_dict: dict, model: nn.Module) -> dict:
 
     Original IFNode5 / masked PSN held an nn.Linear(T, T) named `fc` (bias [T]);
     the original sliding PSN called its bias `threshold`. Ours match SpikingJelly 2.0.
+    The original wrapped its GLIF in nn.Sequential(unsqueeze, LIFSpike_CW, squeeze), so
+    its tensors sit one level down, under `1.`.
     """
     sd = dict(state_dict)
     for name, module in model.named_modules():
@@ -159,6 +162,10 @@ def _convert_original_neurons(state_dict: dict, model: nn.Module) -> dict:
             sd[f"{p}_lambda_"] = torch.tensor(1.0)
         if isinstance(module, SlidingPSN) and f"{p}threshold" in sd:
             sd[f"{p}bias"] = sd.pop(f"{p}threshold")
+        if isinstance(module, GLIF) and f"{p}1.alpha" in sd:
+            for tensor_name, _ in module.named_parameters():
+                if f"{p}1.{tensor_name}" in sd:
+                    sd[f"{p}{tensor_name}"] = sd.pop(f"{p}1.{tensor_name}")
     return sd
 
 

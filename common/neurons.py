@@ -269,7 +269,7 @@ class SlidingPSN(base.MemoryModule):
 # are aliases, so its commands (`-neu if5`, `-neu mspsn`, ...) keep working.
 NEURON_ALIASES = {"if5": "psn", "if5pmd8": "masked_psn", "mspsn": "sliding_psn", "lifnr": "lif_no_reset",
                   "plif_torch": "plif"}
-NEURON_NAMES = ("psn", "masked_psn", "sliding_psn", "lif", "plif", "klif", "glif", "lif_no_reset")
+NEURON_NAMES = ("psn", "masked_psn", "sliding_psn", "lif", "plif", "klif", "glif", "lif_no_reset", "glif_sj")
 
 
 def canonical_neuron_name(name: str) -> str:
@@ -286,11 +286,12 @@ def create_neuron(name: str, T: int, *, order: int | None = None, exp_init: bool
 
     `order` is the masked/sliding PSN's k; `channels` the feature count for the
     channel-wise GLIF. LIF and PLIF: tau 2, soft reset, detached reset; KLIF:
-    soft reset; LIF without reset: tau 2, threshold 1.
+    soft reset; LIF without reset: tau 2, threshold 1; GLIF: the original's gated LIF
+    (`common.baselines.GLIF`); glif_sj: SpikingJelly's GatedLIFNode, for comparison.
     """
     from spikingjelly.activation_based import neuron as sj_neuron
 
-    from common.baselines import ChannelGLIF, LIFNoReset
+    from common.baselines import GLIF, LIFNoReset, SpikingJellyGLIF
 
     name = canonical_neuron_name(name)
     sg = surrogate.ATan()
@@ -309,8 +310,8 @@ def create_neuron(name: str, T: int, *, order: int | None = None, exp_init: bool
                                            step_mode="m")
     if name == "klif":
         return sj_neuron.KLIFNode(v_reset=None, surrogate_function=sg, step_mode="m")
-    if name == "glif":
+    if name in ("glif", "glif_sj"):
         if channels is None:
-            raise ValueError("glif is channel-wise: create_neuron needs channels=.")
-        return ChannelGLIF(T=T, channels=channels, surrogate_function=sg)
+            raise ValueError(f"{name} is channel-wise: create_neuron needs channels=.")
+        return GLIF(T=T, channels=channels) if name == "glif" else SpikingJellyGLIF(T, channels, sg)
     return LIFNoReset(tau=2.0, surrogate_function=sg)
