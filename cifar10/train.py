@@ -45,13 +45,14 @@ def task_for(args) -> engine.Task:
         run_name=run_name,
         train_loss=smoothed_cross_entropy(args.label_smoothing),
         eval_loss=F.cross_entropy,
+        model_args=("channels", "T", "neuron"),
     )
 
 
 @exits_cleanly
 def main(argv=None):
     args = parse_args(argv)
-    return engine.run(task_for(args), args)
+    return engine.run(task_for, args)
 
 
 if __name__ == "__main__":

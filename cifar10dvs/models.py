@@ -58,6 +58,11 @@ class VGGSlidingPSN(nn.Module):
         # The original wrote nn.Dropout2d on the 2-D [N*T, 4608] features, which torch applies
         # element-wise, exactly as nn.Dropout (same mask for the same seed; tested).
         self.classifier = nn.Sequential(SeqToANN(nn.Dropout(dropout), nn.Linear(512 * 3 * 3, num_classes)))
+        # The original's init: He-normal (fan_out, ReLU gain) convolution weights, torch's default
+        # for their biases, BatchNorm and the classifier.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         x_seq = frames.transpose(0, 1)  # [N, T, ...] -> [T, N, ...], once, at the entrance

@@ -24,7 +24,8 @@ METHODS = {"psn": "sliding_psn", "sliding_psn": "sliding_psn"}  # the original's
 
 def parse_args(argv=None):
     p = cli.build_parser(__doc__.splitlines()[0], epochs=200, batch_size=32, opt="sgd", lr=0.1, momentum=0.9,
-                         weight_decay=5e-4, T=4, data_dir="./data/CIFAR10DVS", output_dir="./runs/cifar10dvs")
+                         weight_decay=5e-4, T=4, data_dir="./data/CIFAR10DVS", output_dir="./runs/cifar10dvs",
+                         amp=False, drop_last=False)
     p.add_argument("--download", action="store_true", help="let SpikingJelly download CIFAR10-DVS into --data-dir")
     p.add_argument("--method", "-method", type=str.lower, choices=sorted(METHODS), default="psn",
                    help="the neuron: PSN is the sliding PSN, as in the original")
@@ -34,6 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--tet", "-TET", dest="tet", action=argparse.BooleanOptionalAction, default=True,
                    help="TET loss (every step's cross-entropy); off: cross-entropy of the mean logits")
     p.add_argument("--tet-mse-weight", type=float, default=1e-3, help="weight of TET's MSE term (outputs vs 1.0)")
+    p.add_argument("--resize-antialias", action=argparse.BooleanOptionalAction, default=False,
+                   help="antialias the resize to 48x48 (the original's torchvision did not, on tensors)")
     args = p.parse_args(argv)
     args.method = METHODS[args.method]
     return args
@@ -46,20 +49,23 @@ def run_name(args) -> str:
 def task_for(args) -> engine.Task:
     return engine.Task(
         name="cifar10dvs",
-        build_data=lambda a: build_cifar10dvs(a.data_dir, a.T, a.download),
+        build_data=lambda a: build_cifar10dvs(a.data_dir, a.T, a.download, a.resize_antialias),
         build_model=lambda a, classes: VGGSlidingPSN(classes, a.order, a.exp_init),
         run_name=run_name,
         train_loss=per_step_outputs_loss(args.tet, time_dim=1, mse_weight=args.tet_mse_weight),
         eval_loss=partial(mean_logits_cross_entropy, time_dim=1),
         scores=lambda out: out.mean(1),
         global_batch=True,  # -b 32 is the paper's total batch, over however many GPUs
+        model_args=("T", "method", "order", "exp_init"),
+        # Runs from before these settings existed trained with AMP on CUDA and antialiased resizing.
+        legacy_args={"resize_antialias": True},
     )
 
 
 @exits_cleanly
 def main(argv=None):
     args = parse_args(argv)
-    return engine.run(task_for(args), args)
+    return engine.run(task_for, args)
 
 
 if __name__ == "__main__":

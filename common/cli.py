@@ -10,9 +10,35 @@ import argparse
 import torch
 
 
+class RecipeParser(argparse.ArgumentParser):
+    """An ArgumentParser that also records which options the command line gave explicitly.
+
+    `args.explicit` (a set of dests) lets a resumed run tell a setting the user typed from
+    one that is only the task's default: the checkpoint's recorded value wins over the
+    latter, so a run continues with what it was trained with even after a default changes.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        if not hasattr(parsed, "explicit"):
+            given = argparse.Namespace()
+            saved = [(a, a.default) for a in self._actions]
+            saved_defaults, self._defaults = self._defaults, {}
+            try:
+                for action, _ in saved:
+                    action.default = argparse.SUPPRESS
+                super().parse_known_args(args, given)
+            finally:
+                self._defaults = saved_defaults
+                for action, default in saved:
+                    action.default = default
+            parsed.explicit = frozenset(vars(given))
+        return parsed, rest
+
+
 def build_parser(description: str, **defaults) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, allow_abbrev=False,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = RecipeParser(description=description, allow_abbrev=False,
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data and output")
     g.add_argument("--data-dir", "-data-dir", "--data-path", dest="data_dir", default="./data",
                    help="dataset root")
@@ -34,7 +60,9 @@ def build_parser(description: str, **defaults) -> argparse.ArgumentParser:
     g.add_argument("--cos-lr-T", "--cos_lr_T", dest="cos_lr_T", type=int, default=None,
                    help="period of the cosine schedule in epochs (default: --epochs)")
     g.add_argument("--amp", "-amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision (default: on with CUDA, off on CPU)")
+                   help="mixed precision in training; evaluation is always fp32 (None: on with CUDA, off on CPU)")
+    g.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="drop each epoch's last partial training batch (the task's original script decides)")
     g.add_argument("--seed", type=int, default=2023)
 
     g = p.add_argument_group("model")

@@ -151,16 +151,16 @@ def build_cifar(name: str, data_dir: str, download: bool, num_classes: int = 10)
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, env: DistEnv, seed: int,
-                pin_memory: bool = False) -> DataLoader:
-    """Training: shuffled (DistributedSampler under DDP), last partial batch dropped as in the
-    original scripts, augmentation seeded per sample (EpochSeeded: call its set_epoch).
+                pin_memory: bool = False, drop_last: bool = True) -> DataLoader:
+    """Training: shuffled (DistributedSampler under DDP), the last partial batch dropped where the
+    task's original script dropped it, augmentation seeded per sample (EpochSeeded: call its set_epoch).
     Evaluation: in order, every sample exactly once across ranks."""
     if train:
         sampler = DistributedSampler(dataset, env.world_size, env.rank, shuffle=True, seed=seed) \
             if env.enabled else None
         # Workers start anew each epoch, so they see the dataset's current epoch.
         return DataLoader(EpochSeeded(dataset, seed), batch_size, shuffle=sampler is None, sampler=sampler,
-                          num_workers=workers, pin_memory=pin_memory, drop_last=True, persistent_workers=False)
+                          num_workers=workers, pin_memory=pin_memory, drop_last=drop_last, persistent_workers=False)
     sampler = ShardSampler(len(dataset), env) if env.enabled else None
     return DataLoader(dataset, batch_size, shuffle=False, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, drop_last=False)

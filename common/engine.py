@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from common import distributed as D
 from common import runlog
-from common.checkpoint import FORMAT, load_model_weights, save_checkpoint
+from common.checkpoint import FORMAT, load_model_weights, read_checkpoint, save_checkpoint
 from common.cli import check_args
 from common.data import DataBundle, make_loader
-from common.errors import UserError
+from common.errors import UserError, one_sentence
 
 
 @dataclass
@@ -53,6 +53,22 @@ class Task:
     init_weights: Callable[[nn.Module, Namespace, bool], None] | None = None
     # Called with --test-only once the weights are loaded, to refuse what cannot be evaluated.
     check_loaded: Callable[[nn.Module, Namespace], None] | None = None
+    # Settings that define the network: --resume / --test-only take them from our checkpoints,
+    # and refuse an explicit flag that contradicts the file.
+    model_args: tuple[str, ...] = ()
+    # Values of settings that checkpoints written before the setting existed were trained with.
+    legacy_args: dict = field(default_factory=dict)
+    # Rewrites the recorded settings of a checkpoint from before a change of meaning (ckpt -> None).
+    upgrade_checkpoint: Callable | None = None
+
+
+# Settings of one invocation, not of the run: never taken from a checkpoint.
+INVOCATION_ARGS = frozenset({
+    "data_dir", "output_dir", "run_name", "workers", "print_freq", "device", "resume", "test_only", "sync_bn",
+    "channels_last", "deterministic", "stop_after", "download", "streaming", "cache_dataset", "cache_dir", "tb",
+    "load", "explicit"})
+# Every run before --drop-last existed dropped the last partial batch.
+LEGACY_ARGS = {"drop_last": True}
 
 
 class TrainingDiverged(UserError):
@@ -148,15 +164,16 @@ def train_one_epoch(model: nn.Module, loader, optimizer, task: Task, ctx: Contex
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, task: Task, ctx: Context, num_classes: int) -> dict:
-    """Exact test metrics: per-rank sums of loss, top-1 and top-5 hits and samples, added over ranks."""
+    """Exact test metrics in fp32: per-rank sums of loss, top-1 and top-5 hits and samples, added over ranks."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # loss, top1, top5, samples
     k = min(5, num_classes)
     for batch in ctx.bar(loader, len(loader), "test"):
         images, target = _to_device(batch, ctx, task)
-        with ctx.autocast():
-            output = model(images)
-            loss = task.eval_loss(output, target)
+        # fp32 whatever --amp says, as the original scripts evaluated: test numbers do not
+        # depend on the training precision.
+        output = model(images)
+        loss = task.eval_loss(output, target)
         functional.reset_net(model)
         scores = task.scores(output).float()
         topk = scores.topk(k, dim=-1).indices
@@ -182,17 +199,76 @@ def _print_json(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
-def run(task: Task, args: Namespace) -> dict:
-    """Train (or with --test-only, evaluate) as the args say; returns what the final JSON line prints."""
+def run(task_for: Callable[[Namespace], Task] | Task, args: Namespace) -> dict:
+    """Train (or with --test-only, evaluate) as the args say; returns what the final JSON line prints.
+
+    `task_for(args)` describes the task; with --resume it is called again once the
+    checkpoint's recorded settings have been adopted, so the loss and model follow them.
+    """
     check_args(args)
+    if isinstance(task_for, Task):  # a fixed description (tests, users' own scripts)
+        task_for = (lambda fixed: lambda _args: fixed)(task_for)
+    task = task_for(args)
+    ckpt = None
+    if args.resume:
+        ckpt = read_checkpoint(args.resume)
+        if ckpt.layout == "ours":
+            adopt_checkpoint_settings(args, ckpt, task)
+            check_args(args)
+            task = task_for(args)
     env, device = D.setup(args.device)
     try:
-        return _run(task, args, env, device)
+        return _run(task, args, env, device, ckpt)
     finally:
         D.teardown()
 
 
-def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> dict:
+def adopt_checkpoint_settings(args: Namespace, ckpt, task: Task) -> list[str]:
+    """Take the run's settings from one of our checkpoints, where the command line did not give them.
+
+    A resumed run so continues with what it was trained with, also after a default changed
+    (a key the file predates gets its legacy value). An explicit flag that contradicts a
+    model-defining setting of the file is refused; other explicit flags (--epochs to extend
+    a run, say) win. Returns the names adopted.
+    """
+    explicit = getattr(args, "explicit", frozenset())
+    if task.upgrade_checkpoint is not None:
+        task.upgrade_checkpoint(ckpt)
+    recorded = {**LEGACY_ARGS, **task.legacy_args, **ckpt.args}
+    adopted = []
+    for key, value in recorded.items():
+        if key in INVOCATION_ARGS or not hasattr(args, key):
+            continue
+        current = getattr(args, key)
+        if not _same_kind(value, current):
+            raise UserError(f"Checkpoint {ckpt.path} records {key}={value!r}, which is not a valid value for "
+                            f"--{key.replace('_', '-')}; the file is damaged or from another program.")
+        if key in explicit:
+            if key in task.model_args and value != current:
+                raise UserError(f"--{key.replace('_', '-')} {current} contradicts checkpoint {ckpt.path}, whose "
+                                f"model was built with {key}={value}; leave the flag out to use the file's.")
+            continue
+        if value != current:
+            setattr(args, key, value)
+            adopted.append(key)
+    return adopted
+
+
+def _same_kind(value, current) -> bool:
+    """Whether a recorded value can stand where the parser put `current` (None on either side is fine)."""
+    primitive = (bool, int, float, str, type(None))
+    if not isinstance(value, primitive) or isinstance(value, float) and not math.isfinite(value):
+        return False
+    if value is None or current is None:
+        return True
+    if isinstance(current, bool) or isinstance(value, bool):
+        return isinstance(current, bool) and isinstance(value, bool)
+    if isinstance(current, float):
+        return isinstance(value, (int, float))
+    return type(value) is type(current)
+
+
+def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {args.device} was asked for, but this machine has no CUDA GPU; use --device cpu.")
     if args.amp is None:
@@ -215,12 +291,12 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
                               pin_memory=device.type == "cuda")
 
     if args.test_only:
-        return _test_only(model, test_loader, task, ctx, data.num_classes)
+        return _test_only(model, test_loader, task, ctx, data.num_classes, ckpt)
 
     optimizer = _build_optimizer(args, model)
     if amp_dtype == torch.float16:
         ctx.scaler = torch.amp.GradScaler(device.type)
-    start_epoch, best_acc1, last_acc1, run_dir, resumed_from = _starting_point(task, model, optimizer, ctx)
+    start_epoch, best_acc1, last_acc1, run_dir, resumed_from = _starting_point(task, model, optimizer, ctx, ckpt)
     scheduler = _cosine_schedule(optimizer, args, start_epoch)
 
     summary = {"run_dir": str(run_dir), "epochs_done": start_epoch,
@@ -237,7 +313,7 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
     if env.enabled:
         train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     train_loader = make_loader(data.train, batch_size, args.workers, True, env, args.seed,
-                               pin_memory=device.type == "cuda")
+                               pin_memory=device.type == "cuda", drop_last=args.drop_last)
     if len(train_loader) == 0:
         raise UserError(f"The training set ({len(data.train)} samples over {env.world_size} processes) is "
                         f"smaller than one batch of {batch_size}; lower --batch-size.")
@@ -282,6 +358,11 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
                       f"{train['images_per_s']:.0f} img/s  {train['epoch_time_s']:.1f} s", flush=True)
             D.barrier(env)
             summary.update(epochs_done=epoch + 1, best_test_acc1=best_acc1, last_test_acc1=last_acc1)
+    except UserError as e:  # bad data met mid-run (an unreadable image, say): say how to go on
+        latest = run_dir / runlog.LATEST
+        how = (f"its last checkpoint is intact: fix the cause, then continue with --resume {latest}"
+               if latest.is_file() else "no epoch had finished, so there is no checkpoint yet")
+        raise type(e)(f"{one_sentence(e)} The run stopped in epoch {epoch + 1}; {how}.") from None
     finally:
         if writer is not None:
             writer.close()
@@ -290,8 +371,8 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device) -> d
     return summary
 
 
-def _test_only(model, test_loader, task: Task, ctx: Context, num_classes: int) -> dict:
-    load_model_weights(model, ctx.args.resume)
+def _test_only(model, test_loader, task: Task, ctx: Context, num_classes: int, ckpt) -> dict:
+    load_model_weights(model, ckpt)
     if task.check_loaded is not None:
         task.check_loaded(model, ctx.args)
     metrics = evaluate(model, test_loader, task, ctx, num_classes)
@@ -322,7 +403,7 @@ def _cosine_schedule(optimizer, args: Namespace, start_epoch: int):
     return scheduler
 
 
-def _starting_point(task: Task, model, optimizer, ctx: Context):
+def _starting_point(task: Task, model, optimizer, ctx: Context, ckpt):
     """(start epoch, best acc1, last acc1, run directory, resumed-from path) of this invocation.
 
     --resume of one of our checkpoints continues in its run directory; any other file
@@ -331,8 +412,8 @@ def _starting_point(task: Task, model, optimizer, ctx: Context):
     """
     args, env = ctx.args, ctx.env
     start_epoch, best_acc1, last_acc1, run_dir, resumed_from = 0, None, None, None, None
-    if args.resume:
-        ckpt = load_model_weights(model, args.resume)
+    if ckpt is not None:
+        load_model_weights(model, ckpt)
         resumed_from = str(ckpt.path)
         start_epoch = 0 if ckpt.epoch is None else ckpt.epoch + 1
         best_acc1, last_acc1 = ckpt.best_acc1, ckpt.task_state.get("last_acc1")
@@ -394,7 +475,7 @@ def _checkpoint_state(model, optimizer, scheduler, ctx: Context, epoch, best_acc
         "epoch": epoch,
         "best_acc1": best_acc1,
         "args": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
-                 for k, v in vars(args).items()},
+                 for k, v in vars(args).items() if k != "explicit"},
         "task_state": {**task.state(model), "last_acc1": last_acc1},
         "rng": rng,
     }

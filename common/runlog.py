@@ -33,7 +33,8 @@ def write_args(run_dir: Path, args: Namespace, resumed_from: str | None, task: s
     """args.txt: the task and parsed arguments as JSON, then the command line; a resume appends its own."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "args.txt"
-    record = json.dumps({"task": task, **vars(args)}, sort_keys=True, default=str)
+    settings = {k: v for k, v in vars(args).items() if k != "explicit"}
+    record = json.dumps({"task": task, **settings}, sort_keys=True, default=str)
     if resumed_from is None or not path.exists():
         path.write_text(f"{record}\n{command_line()}\n")
     else:

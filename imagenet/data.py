@@ -47,7 +47,12 @@ class IndexedImages(Dataset):
 
     def __getitem__(self, i):
         path, label = self.samples[i]
-        return self.transform(default_loader(str(self.root / path))), label
+        try:
+            image = default_loader(str(self.root / path))
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: unreadable, truncated or not an image
+            raise UserError(f"Image {self.root / path} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                            "replace or remove it.") from None
+        return self.transform(image), label
 
 
 def _fingerprint(root: Path) -> dict:

@@ -94,6 +94,8 @@ class SEWResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        # Last, as the original: pe is not in torchvision's weights, so --load keeps this draw.
+        nn.init.trunc_normal_(self.pe, std=0.02)
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int, make_neuron) -> nn.Sequential:
         def neuron_for(width):

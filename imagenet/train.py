@@ -17,7 +17,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from common import cli, engine  # noqa: E402
 from common.checkpoint import load_matching  # noqa: E402
 from common.errors import exits_cleanly  # noqa: E402
-from common.losses import mean_logits_cross_entropy, per_step_outputs_loss  # noqa: E402
+from common.losses import per_step_outputs_loss  # noqa: E402
 from common.neurons import NEURON_ALIASES, NEURON_NAMES, canonical_neuron_name  # noqa: E402
 from imagenet.data import build_imagenet  # noqa: E402
 from imagenet.models import MODELS  # noqa: E402
@@ -25,7 +25,7 @@ from imagenet.models import MODELS  # noqa: E402
 
 def parse_args(argv=None):
     p = cli.build_parser(__doc__.splitlines()[0], epochs=320, batch_size=32, opt="sgd", lr=0.1, momentum=0.9,
-                         weight_decay=0.0, T=4, cos_lr_T=320, workers=16, print_freq=100,
+                         weight_decay=0.0, T=4, cos_lr_T=320, workers=16, print_freq=100, drop_last=False,
                          data_dir="./data/ImageNet", output_dir="./runs/imagenet")
     p.add_argument("--model", choices=sorted(MODELS), default="sew_resnet18")
     p.add_argument("--neuron", "-neu", choices=[*NEURON_NAMES, *NEURON_ALIASES], default="psn")
@@ -69,16 +69,18 @@ def task_for(args) -> engine.Task:
         build_model=lambda a, classes: MODELS[a.model](T=a.T, num_classes=classes, neuron=a.neuron, order=a.order),
         run_name=run_name,
         train_loss=per_step_outputs_loss(args.tet, time_dim=0),
-        eval_loss=mean_logits_cross_entropy,
+        # The original logged the test loss with its training criterion (TET with --tet).
+        eval_loss=per_step_outputs_loss(args.tet, time_dim=0),
         scores=lambda out: out.mean(0),
         init_weights=load_ann_weights,
+        model_args=("model", "neuron", "order", "T"),
     )
 
 
 @exits_cleanly
 def main(argv=None):
     args = parse_args(argv)
-    return engine.run(task_for(args), args)
+    return engine.run(task_for, args)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,12 @@ def check_streamable(model, args) -> None:
                         "so they cannot stream; use a checkpoint from the end of training (lambda = 1).")
 
 
+def upgrade_checkpoint(ckpt) -> None:
+    """Before 2026-11-29 `glif` meant SpikingJelly's GatedLIFNode (now `glif_sj`); its tensors tell."""
+    if ckpt.args.get("neuron") == "glif" and any(k.endswith(".v_threshold") for k in ckpt.state_dict):
+        ckpt.args["neuron"] = "glif_sj"
+
+
 def task_for(args) -> engine.Task:
     return engine.Task(
         name="sequential_cifar",
@@ -108,13 +114,15 @@ def task_for(args) -> engine.Task:
         on_epoch_start=set_lambda,
         state=lambda_state,
         check_loaded=check_streamable,
+        model_args=("channels", "neuron", "order", "exp_init", "num_classes"),
+        upgrade_checkpoint=upgrade_checkpoint,
     )
 
 
 @exits_cleanly
 def main(argv=None):
     args = parse_args(argv)
-    return engine.run(task_for(args), args)
+    return engine.run(task_for, args)
 
 
 if __name__ == "__main__":

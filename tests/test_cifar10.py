@@ -175,9 +175,14 @@ def test_wrong_architecture_names_the_keys(two_epoch_run, tmp_path):
     torch.save(sd, tmp_path / "renamed.pth")
     result = run_script(SCRIPT, *QUICK, "--test-only", "--resume", tmp_path / "renamed.pth", check=False)
     _fails_cleanly(result, "missing keys: fc.3.weight", "unexpected keys: head.weight")
+    torch.save(torch.load(run_dir / "checkpoint_latest.pth", weights_only=True)["model"], tmp_path / "bare.pth")
+    result = run_script(SCRIPT, *QUICK[:2], "--channels", 16, "--workers", 0, "--device", "cpu", "--test-only",
+                        "--resume", tmp_path / "bare.pth", check=False)
+    _fails_cleanly(result, "does not fit", "conv.0.weight")
+    # Our own checkpoints know their width: a contradicting flag is refused naming both values.
     result = run_script(SCRIPT, *QUICK[:2], "--channels", 16, "--workers", 0, "--device", "cpu", "--test-only",
                         "--resume", run_dir / "checkpoint_latest.pth", check=False)
-    _fails_cleanly(result, "does not fit", "conv.0.weight")
+    _fails_cleanly(result, "--channels 16 contradicts", "channels=8")
 
 
 def test_truncated_checkpoint_is_refused_and_left_alone(two_epoch_run, tmp_path):

@@ -201,3 +201,22 @@ def test_the_original_command_parses():
         (320, "sew_resnet34", 32, "./logs", 4096, True, True, 4, 0.1, 320, "/dataset/ImageNet2012",
          "resnet34-b627a593.pth", True)
     assert (args.opt, args.momentum, args.weight_decay, args.neuron) == ("sgd", 0.9, 0.0, "psn")
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_an_unreadable_image_stops_the_run_naming_the_file(image_folder, tmp_path, workers):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    out = run_script(SCRIPT, "--data-path", data, *SMALL, "--epochs", 2, "--output-dir", tmp_path, "--run-name", "r")
+    assert last_json(out.stdout)["epochs_done"] == 2
+    bad = data / "train" / "n00000003" / "img_2.JPEG"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated
+    args = [a if a != "0" else workers for a in SMALL]
+    result = run_script(SCRIPT, "--data-path", data, *args, "--epochs", 3, "--resume",
+                        tmp_path / "r" / "checkpoint_latest.pth", check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines[-1].startswith("error: Image ") and str(bad) in lines[-1]
+    assert "Traceback" not in result.stderr and "--resume" in lines[-1]
+    assert read_checkpoint(tmp_path / "r" / "checkpoint_latest.pth").epoch == 1  # untouched
