@@ -10,6 +10,12 @@ transfer is cut (at once, up to --retries times, and by the next run from the .p
 left behind), checked against its MD5, and only then renamed into place.
 A file already present with the right MD5 is skipped. `--api` points elsewhere (a
 mirror, or the tests' local server).
+
+Everything the server says is checked before it is used: a listed name must be a plain
+file name (it is joined to --dest), a URL http(s), a size a sane integer; the listing's
+pages and bytes are bounded; no body is written past its listed size; `--timeout` bounds
+each read and `--deadline` each whole file. Any failure prints one `error:` line and
+exits with 2, leaving nothing outside --dest and no half-renamed file.
 """
 import argparse
 import fnmatch
@@ -17,8 +23,11 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -29,8 +38,11 @@ API = "https://api.figshare.com/v2"
 CHUNK = 1 << 20
 ROOT = Path(__file__).resolve().parents[1]
 
-
 DEFAULT_PAGE = 10  # figshare's page size when none is asked for
+MAX_PAGES = 100  # 1,000 files: far more than any article of checkpoints
+MAX_LISTING_BYTES = 8 << 20  # one page of the listing, or the article record
+MAX_FILE_BYTES = 1 << 40  # a listed size beyond 1 TiB is not a checkpoint
+_MD5 = re.compile(r"[0-9a-f]{32}")
 
 
 class DownloadError(Exception):
@@ -45,49 +57,116 @@ class TransferCut(DownloadError):
     """The connection ended early; the .part file keeps what arrived, for a Range request."""
 
 
-def fetch_json(url: str, timeout: float):
+class DeadlinePassed(DownloadError):
+    """A file took longer than --deadline; its .part stays for the next run, which resumes it."""
+
+
+def _check_url(url, what: str) -> str:
+    parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or any(
+            ord(c) < 33 or ord(c) == 127 for c in url):
+        raise DownloadError(f"{what} {url!r} is not an http(s) URL; refusing it.")
+    return url
+
+
+def read_bounded(response, limit: int, deadline: float, what: str) -> bytes:
+    """At most `limit` bytes of a response, read as they arrive, before `deadline` (time.monotonic())."""
+    data = bytearray()
+    while chunk := response.read1(min(CHUNK, limit + 1 - len(data))):
+        data += chunk
+        if len(data) > limit:
+            raise DownloadError(f"{what} is larger than {limit} bytes; refusing it.")
+        if time.monotonic() > deadline:
+            raise DownloadError(f"{what} did not arrive within the --deadline.")
+        if len(data) == limit + 1:
+            break
+    return bytes(data)
+
+
+def fetch_json(url: str, timeout: float, deadline: float):
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return json.load(response)
+            return json.loads(read_bounded(response, MAX_LISTING_BYTES, time.monotonic() + deadline, url))
     except urllib.error.HTTPError as e:
         error = NotFound if e.code == 404 else DownloadError
         raise error(f"{url} answered HTTP {e.code} ({e.reason}).") from None
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise DownloadError(f"Could not reach {url} ({reason}); check the network connection or --api.") from None
-    except ValueError:
+    except (ValueError, RecursionError):
         raise DownloadError(f"{url} did not return JSON; is --api right?") from None
 
 
-def list_files(api: str, article: int, timeout: float) -> list[dict]:
-    """The article's files: name, size, md5, url.
+def _pages(base: str, timeout: float, deadline: float) -> list:
+    """/articles/{id}/files page by page: pages come back full until the last; an empty page, a
+    page seen before or MAX_PAGES end it (a server whose pages never end is not followed forever)."""
+    first = fetch_json(f"{base}/files", timeout, deadline)
+    if not isinstance(first, list):
+        return first
+    files, seen = list(first), {json.dumps(first, sort_keys=True)}
+    page, last = 1, first
+    while len(last) == DEFAULT_PAGE:
+        page += 1
+        if page > MAX_PAGES:
+            raise DownloadError(f"{base}/files did not end after {MAX_PAGES} pages; refusing the listing.")
+        last = fetch_json(f"{base}/files?page={page}&page_size={DEFAULT_PAGE}", timeout, deadline)
+        if not isinstance(last, list) or not last:
+            break
+        key = json.dumps(last, sort_keys=True)
+        if key in seen:
+            break
+        seen.add(key)
+        files += last
+    return files
 
-    figshare lists them at /articles/{id}/files, 10 per page by default (further pages
-    are fetched while pages come back full); where that listing is missing, the
-    article's own record at /articles/{id} carries them too.
+
+def check_name(name) -> str:
+    """A listed file name, refused unless it is a plain name that stays inside --dest."""
+    bad = (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+           or any(ord(c) < 32 or ord(c) == 127 for c in name) or os.path.isabs(name)
+           or len(name.encode("utf-8", "surrogatepass")) > 255 or name.endswith(".part"))
+    if bad:
+        raise DownloadError(f"The listing names a file {name!r}, which is not a plain file name; refusing the "
+                            "listing (nothing was written).")
+    return name
+
+
+def check_entry(f) -> dict:
+    """One listed file as {name, size, md5, url}, every field checked."""
+    if not isinstance(f, dict):
+        raise DownloadError(f"The listing holds {type(f).__name__} {str(f)[:60]!r} where a file record belongs.")
+    name = check_name(f.get("name"))
+    size = f.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_FILE_BYTES:
+        raise DownloadError(f"The listing gives {name!r} the size {size!r}; refusing the listing.")
+    md5 = f.get("computed_md5") or f.get("supplied_md5") or f.get("md5") or ""
+    if not isinstance(md5, str) or (md5 and not _MD5.fullmatch(md5.lower())):
+        raise DownloadError(f"The listing gives {name!r} the MD5 {md5!r}; refusing the listing.")
+    url = _check_url(f.get("download_url"), f"The download URL of {name!r},")
+    return {"name": name, "size": size, "md5": md5.lower(), "url": url}
+
+
+def list_files(api: str, article: int, timeout: float, deadline: float = 600.0) -> list[dict]:
+    """The article's files: name, size, md5, url, each checked (see check_entry).
+
+    figshare lists them at /articles/{id}/files, 10 per page by default; where that
+    listing is missing, the article's own record at /articles/{id} carries them too.
     """
     base = f"{api.rstrip('/')}/articles/{article}"
     try:
-        files = fetch_json(f"{base}/files", timeout)
-        page = 1
-        while isinstance(files, list) and len(files) == DEFAULT_PAGE * page:
-            page += 1
-            more = fetch_json(f"{base}/files?page={page}&page_size={DEFAULT_PAGE}", timeout)
-            if not isinstance(more, list) or not more:
-                break
-            files += more
+        files = _pages(base, timeout, deadline)
     except NotFound:
-        files = fetch_json(base, timeout)
+        files = fetch_json(base, timeout, deadline)
     if isinstance(files, dict):
         files = files.get("files")
     if not isinstance(files, list):
         raise DownloadError(f"{base} did not list the article's files; is --api right?")
-    try:
-        return [{"name": f["name"], "size": int(f["size"]),
-                 "md5": f.get("computed_md5") or f.get("supplied_md5") or f.get("md5") or "",
-                 "url": f["download_url"]} for f in files]
-    except (KeyError, TypeError, ValueError):
-        raise DownloadError(f"{base} listed files without name, size or download_url; is --api right?") from None
+    entries = [check_entry(f) for f in files]
+    names = [e["name"] for e in entries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DownloadError(f"The listing names {twice[0]!r} more than once; refusing the listing.")
+    return entries
 
 
 def md5_of(path: Path) -> str:
@@ -110,15 +189,25 @@ def describe(name: str) -> str:
     return "?"
 
 
-def download(entry: dict, dest: Path, timeout: float, quiet: bool) -> str:
+def _inside(dest: Path, name: str) -> Path:
+    path = dest / name
+    if path.parent.resolve() != dest.resolve():  # check_name already ensures it; belt and braces
+        raise DownloadError(f"{name!r} would land outside {dest}; refusing it.")
+    return path
+
+
+def download(entry: dict, dest: Path, timeout: float, quiet: bool, deadline: float = 24 * 3600.0) -> str:
     """Fetch one file; returns 'skipped' or 'downloaded'; raises DownloadError, leaving nothing half-renamed."""
-    target, part = dest / entry["name"], dest / (entry["name"] + ".part")
-    if target.exists() and target.stat().st_size == entry["size"] and (not entry["md5"] or md5_of(target) == entry["md5"]):
+    target, part = _inside(dest, entry["name"]), _inside(dest, entry["name"] + ".part")
+    if target.is_file() and target.stat().st_size == entry["size"] and (not entry["md5"] or md5_of(target) == entry["md5"]):
         return "skipped"
+    if part.is_symlink() or (part.exists() and not part.is_file()):
+        raise DownloadError(f"{part} is not a regular file; move it away and run again.")
     offset = part.stat().st_size if part.exists() else 0
     if offset > entry["size"]:
         part.unlink()
         offset = 0
+    ends_at = time.monotonic() + deadline
     request = urllib.request.Request(entry["url"])
     if offset:
         request.add_header("Range", f"bytes={offset}-")
@@ -129,24 +218,13 @@ def download(entry: dict, dest: Path, timeout: float, quiet: bool) -> str:
             response = None
         else:
             raise DownloadError(f"{entry['name']}: HTTP {e.code} ({e.reason}).") from None
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         raise DownloadError(f"{entry['name']}: could not connect ({getattr(e, 'reason', e)}).") from None
     if response is not None:
         with response:
             if offset and response.status != 206:  # the server ignored Range: start again
                 offset = 0
-            bar = tqdm(total=entry["size"], initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                       desc=entry["name"], disable=quiet, leave=True)
-            try:
-                with part.open("ab" if offset else "wb") as f:
-                    while chunk := response.read(CHUNK):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-            except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
-                raise TransferCut(f"{entry['name']}: transfer cut at {part.stat().st_size} of {entry['size']} "
-                                  f"bytes ({e}); run again to resume.") from None
-            finally:
-                bar.close()
+            _receive(response, entry, part, offset, ends_at, quiet)
     size = part.stat().st_size
     if size != entry["size"]:
         raise TransferCut(f"{entry['name']}: transfer cut at {size} of {entry['size']} bytes; run again to resume.")
@@ -158,38 +236,107 @@ def download(entry: dict, dest: Path, timeout: float, quiet: bool) -> str:
     return "downloaded"
 
 
+def _receive(response, entry: dict, part: Path, offset: int, ends_at: float, quiet: bool) -> None:
+    """Append the body to `part`, never past the listed size; a longer body is an error and the partial
+    file goes; a slow one is stopped at the deadline (the .part stays, for a resume)."""
+    bar = tqdm(total=entry["size"], initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+               desc=entry["name"], disable=quiet, leave=True)
+    written = offset
+    try:
+        with part.open("ab" if offset else "wb") as f:
+            while True:
+                chunk = response.read1(min(CHUNK, entry["size"] - written + 1))
+                if not chunk:
+                    break
+                if written + len(chunk) > entry["size"]:
+                    f.close()
+                    part.unlink()
+                    raise DownloadError(f"{entry['name']}: the server sent more than the {entry['size']} bytes it "
+                                        "listed; the partial file was removed.")
+                f.write(chunk)
+                written += len(chunk)
+                bar.update(len(chunk))
+                if time.monotonic() > ends_at:
+                    raise DeadlinePassed(f"{entry['name']}: not complete within the --deadline ({written} of "
+                                      f"{entry['size']} bytes); run again to resume.")
+    except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
+        if getattr(e, "errno", None) == 28:  # ENOSPC
+            raise DownloadError(f"{entry['name']}: the disk holding {part.parent} is full.") from None
+        raise TransferCut(f"{entry['name']}: transfer cut at {written} of {entry['size']} bytes ({e}); run again "
+                          "to resume.") from None
+    finally:
+        bar.close()
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text} must be a positive, finite number")
+        return value
+    return parse
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
+def _prepare_dest(dest: Path) -> None:
+    if dest.exists() and not dest.is_dir():
+        raise DownloadError(f"--dest {dest} exists and is not a folder.")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"Could not create --dest {dest} ({e.strerror}).") from None
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise DownloadError(f"--dest {dest} is not writable.")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--list", action="store_true", help="list the article's files and exit")
     p.add_argument("--filter", default=None, help="only files whose name contains this text (or matches this glob)")
     p.add_argument("--dest", default=str(ROOT / "checkpoints"), help="destination folder")
     p.add_argument("--api", default=API, help="figshare API base URL")
-    p.add_argument("--article", type=int, default=ARTICLE)
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds before a stalled connection gives up")
-    p.add_argument("--retries", type=int, default=3, help="times a cut transfer is resumed at once (HTTP Range)")
+    p.add_argument("--article", type=_positive(int), default=ARTICLE)
+    p.add_argument("--timeout", type=_positive(float), default=60.0,
+                   help="seconds a single read may wait before the connection is given up")
+    p.add_argument("--deadline", type=_positive(float), default=6 * 3600.0,
+                   help="seconds one file (or the listing) may take in all; a file cut there resumes on the next run")
+    p.add_argument("--retries", type=_non_negative_int, default=3,
+                   help="times a cut transfer is resumed at once (HTTP Range)")
     args = p.parse_args(argv)
     quiet = not sys.stderr.isatty()
     try:
-        files = list_files(args.api, args.article, args.timeout)
+        _check_url(args.api, "--api")
+        files = list_files(args.api, args.article, args.timeout, args.deadline)
+        if args.filter:
+            files = [f for f in files if args.filter in f["name"] or fnmatch.fnmatch(f["name"], args.filter)]
+            if not files:
+                raise DownloadError(f"no file of article {args.article} matches {args.filter!r} (see --list).")
+        if args.list:
+            for f in files:
+                print(f"{f['name']}\t{f['size'] / 2**20:.1f} MiB\t{describe(f['name'])}\tmd5 {f['md5'] or '-'}")
+            return 0
+        dest = Path(args.dest)
+        _prepare_dest(dest)
     except DownloadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.filter:
-        files = [f for f in files if args.filter in f["name"] or fnmatch.fnmatch(f["name"], args.filter)]
-        if not files:
-            print(f"error: no file of article {args.article} matches {args.filter!r} (see --list).", file=sys.stderr)
-            return 2
-    if args.list:
-        for f in files:
-            print(f"{f['name']}\t{f['size'] / 2**20:.1f} MiB\t{describe(f['name'])}\tmd5 {f['md5']}")
-        return 0
-    dest = Path(args.dest)
-    dest.mkdir(parents=True, exist_ok=True)
     failures = 0
     for entry in files:
         for attempt in range(args.retries + 1):
             try:
-                outcome = download(entry, dest, args.timeout, quiet)
+                outcome = download(entry, dest, args.timeout, quiet, args.deadline)
                 print(f"{outcome}: {dest / entry['name']}", flush=True)
                 break
             except TransferCut as e:
@@ -202,7 +349,7 @@ def main(argv=None) -> int:
                 failures += 1
                 print(f"error: {e}", file=sys.stderr, flush=True)
                 break
-    return 1 if failures else 0
+    return 2 if failures else 0
 
 
 if __name__ == "__main__":

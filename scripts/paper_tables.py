@@ -11,6 +11,12 @@ files in one directory), the original ImageNet script (`<run>_logs/te/` with
 (`<run>/logs/`, `test_acc` in percent). Events are read with TensorBoard's own reader,
 so a resumed run shows what TensorBoard shows. Each run's best and final test accuracy
 is printed beside the paper's number, in tables laid out like the paper's.
+
+Other people's run folders are input from outside: a run that cannot be read (damaged
+events, an args.txt that is empty, not UTF-8, not what it claims, or holds odd values) is
+reported in one line on stderr and skipped, and the rest of the report is printed. Runs
+of the original scripts without args.txt are described from their folder names
+(`lif_e256_...`, `if5pmd8_..._P32`, `T4_..._method_PSN_...`, `sew_resnet18_..._T4_...`).
 """
 import argparse
 import ast
@@ -79,7 +85,12 @@ class Run:
 
 
 def read_scalars(event_dir: Path) -> dict:
+    import logging
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # A resumed run's purged steps are expected here, not news: keep the reader quiet about them.
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)
 
     acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
     acc.Reload()
@@ -93,14 +104,35 @@ def as_percent(curve: list) -> list:
     return curve
 
 
+class UnreadableRun(Exception):
+    pass
+
+
 def read_args(run_dir: Path) -> dict:
     """args.txt as a dict: ours is JSON; the original's first line is an argparse.Namespace repr."""
     path = run_dir / "args.txt"
     if not path.is_file():
         return {}
-    first = path.read_text().splitlines()[0].strip()
+    try:
+        text = path.read_bytes()[: 1 << 20].decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnreadableRun("its args.txt is not UTF-8 text") from None
+    except OSError as e:
+        raise UnreadableRun(f"its args.txt cannot be read ({e.strerror})") from None
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise UnreadableRun("its args.txt is empty")
+    first = lines[0].strip()
     if first.startswith("{"):
-        return json.loads(first)
+        try:
+            args = json.loads(first)
+        except ValueError:
+            raise UnreadableRun("its args.txt does not start with valid JSON") from None
+        if not isinstance(args, dict):
+            raise UnreadableRun("its args.txt does not hold a JSON object")
+        return args
+    if not first.startswith("Namespace("):
+        raise UnreadableRun("its args.txt is neither JSON nor an argparse Namespace")
     args = {}
     for key, value in re.findall(r"(\w+)=('[^']*'|\"[^\"]*\"|[^,()]+)", first):
         try:
@@ -115,6 +147,21 @@ def _number(pattern: str, text: str):
     return int(match.group(1)) if match else None
 
 
+def _int_or_none(value, what: str):
+    """An integer setting read from args.txt; anything else makes the run unreadable."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit() or int(value) > 10**6:
+        raise UnreadableRun(f"its args.txt gives {what} = {value!r}")
+    return int(value)
+
+
+def name_neuron(name: str) -> str | None:
+    """The neuron an original run folder is named after: `<neu>_e256_...` or `<neu>_T4_e1024_...`."""
+    match = re.match(r"^([a-z][a-z0-9_]*?)_(?:T\d+_)?e\d+_", name)
+    return match.group(1) if match else None
+
+
 def describe(run_dir: Path, args: dict, layout: str | None) -> tuple:
     """(task, dataset, neuron, order, T, variant) of a run, from its args.txt, its layout and its name.
 
@@ -122,11 +169,15 @@ def describe(run_dir: Path, args: dict, layout: str | None) -> tuple:
     'cifar10dvs' for the original CIFAR10-DVS script's logs/ folder.
     """
     name = run_dir.name
-    raw_neuron = str(args.get("neuron", args.get("neu", "psn")))
+    raw_neuron = args.get("neuron", args.get("neu")) or name_neuron(name) or "psn"
+    if not isinstance(raw_neuron, str):
+        raise UnreadableRun(f"its args.txt gives neuron = {raw_neuron!r}")
     neuron = NEURON_ALIASES.get(raw_neuron, raw_neuron)
     variant = raw_neuron if raw_neuron == "plif_torch" else ""
-    T = args.get("T") or _number(r"(?:^|_)T(\d+)(?:_|$)", name)
+    T = _int_or_none(args.get("T"), "T") or _number(r"(?:^|_)T(\d+)(?:_|$)", name)
     task = args.get("task")
+    if task is not None and task not in ("cifar10", "sequential_cifar", "cifar10dvs", "imagenet"):
+        raise UnreadableRun(f"its args.txt names the task {task!r}")
     if task is None:
         if layout == "imagenet" or "model" in args or name.endswith("_logs"):
             task = "imagenet"
@@ -141,22 +192,28 @@ def describe(run_dir: Path, args: dict, layout: str | None) -> tuple:
         if model is None:
             match = re.search(r"(sew_resnet\d+)", name)
             model = match.group(1) if match else name
-        return task, model, neuron, args.get("order"), T, variant
+        if not isinstance(model, str):
+            raise UnreadableRun(f"its args.txt gives model = {model!r}")
+        return task, model, neuron, _int_or_none(args.get("order"), "order"), T, variant
     if task == "cifar10dvs":
-        return task, "cifar10dvs", "sliding_psn", int(args.get("order", 2)), T, variant
+        return task, "cifar10dvs", "sliding_psn", _int_or_none(args.get("order", 2), "order"), T, variant
     if task == "sequential_cifar":
         if args.get("dataset") == "digits":
             dataset = "digits"
         else:
-            classes = args.get("num_classes", args.get("class_num"))
+            classes = _int_or_none(args.get("num_classes", args.get("class_num")), "num_classes")
             if classes is None:
                 classes = 100 if "100" in str(args.get("data_dir", "")) + str(run_dir.parent) else 10
             dataset = f"cifar{classes}"
         order = None
         if neuron in ("masked_psn", "sliding_psn"):
-            order = args.get("order", args.get("P")) or _number(r"_P(\d+)$", name)
+            order = (_int_or_none(args.get("order", args.get("P")), "order")
+                     or _number(r"_P(\d+)(?:_|$)", name))
         return task, dataset, neuron, order, 32, variant
-    return task, args.get("dataset", "cifar10"), neuron, None, T or 4, variant
+    dataset = args.get("dataset", "cifar10")
+    if not isinstance(dataset, str):
+        raise UnreadableRun(f"its args.txt gives dataset = {dataset!r}")
+    return task, dataset, neuron, None, T or 4, variant
 
 
 def find_runs(roots: list[Path]) -> list[Run]:
@@ -171,15 +228,29 @@ def find_runs(roots: list[Path]) -> list[Run]:
             if (event_dir / "args.txt").exists():
                 layout = None  # a run of ours that happens to carry such a name
             run_dir = event_dir.parent if layout else event_dir
-            scalars = read_scalars(event_dir)
-            tag = next((t for t in TEST_TAGS if t in scalars), None)
-            if tag is None:
+            try:
+                run = read_run(run_dir, event_dir, layout)
+            except UnreadableRun as e:
+                print(f"warning: skipped {run_dir}: {e}.", file=sys.stderr, flush=True)
                 continue
-            task, dataset, neuron, order, T, variant = describe(run_dir, read_args(run_dir), layout)
-            top5_tag = next((t for t in TOP5_TAGS if t in scalars), None)
-            runs[str(run_dir)] = Run(str(run_dir), task, dataset, neuron, order, T, variant,
-                                     as_percent(scalars[tag]), scalars[top5_tag] if top5_tag else [])
+            if run is not None:
+                runs[str(run_dir)] = run
     return sorted(runs.values(), key=lambda r: (r.task, r.dataset, r.neuron, r.order or 0, r.T or 0, r.path))
+
+
+def read_run(run_dir: Path, event_dir: Path, layout: str | None) -> Run | None:
+    """One run, or None if it logged no test accuracy; UnreadableRun says why it cannot be read."""
+    try:
+        scalars = read_scalars(event_dir)
+    except Exception as e:  # noqa: BLE001 - damaged event files fail inside TensorBoard in many ways
+        raise UnreadableRun(f"its TensorBoard events cannot be read ({type(e).__name__})") from None
+    tag = next((t for t in TEST_TAGS if t in scalars), None)
+    if tag is None:
+        return None
+    task, dataset, neuron, order, T, variant = describe(run_dir, read_args(run_dir), layout)
+    top5_tag = next((t for t in TOP5_TAGS if t in scalars), None)
+    return Run(str(run_dir), task, dataset, neuron, order, T, variant, as_percent(scalars[tag]),
+               scalars[top5_tag] if top5_tag else [])
 
 
 def fmt(value) -> str:
@@ -213,21 +284,25 @@ def tables(runs: list[Run], roots: list[Path]) -> str:
         out.append("")
     if by_task["sequential_cifar"]:
         out += ["## Sequential CIFAR (T = 32)", ""]
-        rows = {}
+        rows = {}  # (neuron, order, variant, n) -> {dataset: run}; n > 0 for further runs of one row
         for r in by_task["sequential_cifar"]:
-            rows.setdefault((r.neuron, r.order, r.variant), {})[r.dataset] = r
+            n = 0
+            while r.dataset in rows.setdefault((r.neuron, r.order, r.variant, n), {}):
+                n += 1
+            rows[(r.neuron, r.order, r.variant, n)][r.dataset] = r
         datasets = [d for d in ("cifar10", "cifar100", "digits") if any(d in cols for cols in rows.values())]
-        header = "| neuron |" + "".join(f" {d} paper | {d} best | {d} final |" for d in datasets)
-        out += [header, "| --- |" + " --- | --- | --- |" * len(datasets)]
+        header = "| neuron |" + "".join(f" {d} paper | {d} best | {d} final |" for d in datasets) + " runs |"
+        out += [header, "| --- |" + " --- | --- | --- |" * len(datasets) + " --- |"]
         order_key = list(NEURON_LABELS)
-        for (neuron, order, variant) in sorted(rows, key=lambda k: (k[1] is not None and k[1] not in (32,),
-                                                                      order_key.index(k[0]) if k[0] in order_key else 99,
-                                                                      k[1] or 0, k[2])):
-            cols = rows[(neuron, order, variant)]
+        for key in sorted(rows, key=lambda k: (k[1] is not None and k[1] not in (32,),
+                                               order_key.index(k[0]) if k[0] in order_key else 99,
+                                               k[1] or 0, k[2], k[3])):
+            cols = rows[key]
             label = neuron_label(next(iter(cols.values())))
             cells = "".join(f" {fmt(cols[d].paper) if d in cols else '—'} | {fmt(cols[d].best) if d in cols else '—'} | "
                             f"{fmt(cols[d].final) if d in cols else '—'} |" for d in datasets)
-            out.append(f"| {label} |{cells}")
+            where = ", ".join(short(cols[d].path, roots) for d in datasets if d in cols)
+            out.append(f"| {label} |{cells} {where} |")
         out.append("")
     if by_task["cifar10dvs"]:
         out += ["## CIFAR10-DVS", "", "| neuron | T | paper | best | final | run |", "| --- | --- | --- | --- | --- | --- |"]
@@ -245,11 +320,37 @@ def tables(runs: list[Run], roots: list[Path]) -> str:
     return "\n".join(out)
 
 
+def in_order_sweep(run: Run) -> bool:
+    return run.task == "sequential_cifar" and run.neuron in ("masked_psn", "sliding_psn") and run.order not in (None, 32)
+
+
 def plot_group(run: Run) -> str:
-    """Runs drawn together: one figure per task and dataset; the order sweeps get their own."""
-    sweep = run.neuron in ("masked_psn", "sliding_psn") and run.order not in (None, 32) and run.task == "sequential_cifar"
-    name = run.task if run.task in ("cifar10dvs", "imagenet") else f"{run.task}_{run.dataset}"
-    return f"{name}_{run.neuron}_order_sweep" if sweep else name
+    """Curves drawn together: one figure per task and dataset (the order sweep is drawn apart)."""
+    return run.task if run.task in ("cifar10dvs", "imagenet") else f"{run.task}_{run.dataset}"
+
+
+def plot_order_sweep(runs: list[Run], folder: Path, plt) -> Path | None:
+    """Best test accuracy against the order k, a line per dataset and neuron (the paper's figure)."""
+    sweep = [r for r in runs if r.task == "sequential_cifar" and r.neuron in ("masked_psn", "sliding_psn")
+             and r.order is not None and r.best is not None]
+    if len({r.order for r in sweep}) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for dataset, neuron in sorted({(r.dataset, r.neuron) for r in sweep}):
+        points = sorted((r.order, r.best) for r in sweep if (r.dataset, r.neuron) == (dataset, neuron))
+        if len(points) < 2:  # a single order is no sweep; its curve is in the dataset's figure
+            continue
+        ax.plot([k for k, _ in points], [v for _, v in points], marker="o", markersize=3,
+                label=f"{NEURON_LABELS[neuron]}, {dataset}")
+    ax.set(title="Sequential CIFAR: best test accuracy against the order k", xlabel="order k",
+           ylabel="best test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    path = folder / "sequential_cifar_order_sweep.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def plot(runs: list[Run], folder: Path, roots: list[Path]) -> list[Path]:
@@ -261,8 +362,12 @@ def plot(runs: list[Run], folder: Path, roots: list[Path]) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for group in sorted({plot_group(r) for r in runs}):
-        members = [r for r in runs if plot_group(r) == group]
+    sweep = plot_order_sweep(runs, folder, plt)
+    if sweep is not None:
+        written.append(sweep)
+    curves = [r for r in runs if not in_order_sweep(r)]
+    for group in sorted({plot_group(r) for r in curves}):
+        members = [r for r in curves if plot_group(r) == group]
         fig, ax = plt.subplots(figsize=(8, 5))
         for r in members:
             label = f"{neuron_label(r)}, T={r.T}: best {fmt(r.best)}"
@@ -280,6 +385,29 @@ def plot(runs: list[Run], folder: Path, roots: list[Path]) -> list[Path]:
     return written
 
 
+def output_problem(json_path: str | None, plots: str | None) -> str | None:
+    """Why --json or --plots cannot be written, checked before any work; None when both can."""
+    if json_path:
+        path = Path(json_path)
+        if path.is_dir():
+            return f"--json {path} is a folder; give a file name."
+        if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+            return f"--json {path}: its folder {path.parent} does not exist or is not writable."
+        if path.exists() and not os.access(path, os.W_OK):
+            return f"--json {path} is not writable."
+    if plots:
+        folder = Path(plots)
+        if folder.exists() and not folder.is_dir():
+            return f"--plots {folder} exists and is not a folder."
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return f"--plots {folder} cannot be created ({e.strerror})."
+        if not os.access(folder, os.W_OK):
+            return f"--plots {folder} is not writable."
+    return None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("roots", nargs="+", help="folders holding TensorBoard runs")
@@ -290,6 +418,10 @@ def main(argv=None) -> int:
     missing = [str(r) for r in roots if not r.is_dir()]
     if missing:
         print(f"error: no such folder: {', '.join(missing)}.", file=sys.stderr)
+        return 2
+    problem = output_problem(args.json, args.plots)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     runs = find_runs(roots)
     if not runs:

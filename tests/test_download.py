@@ -122,7 +122,7 @@ def test_cut_transfer_left_for_the_next_run(figshare, tmp_path):
     name = "cifar10_psn_T4.pth"
     figshare.cut_next.add(name)
     first = fetch(figshare, tmp_path, "--filter", name, "--retries", 0, check=False)
-    assert first.returncode == 1 and "transfer cut" in first.stderr and "resume" in first.stderr
+    assert first.returncode == 2 and "transfer cut" in first.stderr and "resume" in first.stderr
     part = tmp_path / f"{name}.part"
     half = len(figshare.files[name]) // 2
     assert part.stat().st_size == half and not (tmp_path / name).exists()
@@ -136,7 +136,7 @@ def test_md5_mismatch_is_reported_and_nothing_renamed(figshare, tmp_path):
     name = "cifar10dvs_T4.pth"
     figshare.bad_md5.add(name)
     out = fetch(figshare, tmp_path, "--filter", name, check=False)
-    assert out.returncode == 1 and "MD5 mismatch" in out.stderr
+    assert out.returncode == 2 and "MD5 mismatch" in out.stderr
     assert list(tmp_path.iterdir()) == []
 
 

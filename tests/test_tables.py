@@ -26,8 +26,9 @@ def test_cifar10_row_reads_the_papers_number(paper_tables):
 
 def test_sequential_cifar10_column_is_the_papers(paper_tables):
     text, _, _ = paper_tables
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines()
-            if line.startswith("| ") and "sequential" not in line}
+    section = text.split("## Sequential CIFAR")[1].split("\n## ")[0]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in section.splitlines()
+            if line.startswith("| ")}
     for label, paper in SEQ_CIFAR10.items():
         cells = rows[label]
         assert float(cells[1]) == paper and float(cells[2]) == paper, label  # paper, best of the authors' run
@@ -51,7 +52,9 @@ def test_every_layout_is_read(paper_tables):
 def test_plots_are_pngs(paper_tables):
     _, _, plots = paper_tables
     pngs = sorted(p.name for p in plots.glob("*.png"))
-    assert "cifar10_cifar10_test_acc.png" in pngs and "imagenet_test_acc.png" in pngs and len(pngs) == 7
+    assert pngs == ["cifar10_cifar10_test_acc.png", "cifar10dvs_test_acc.png", "imagenet_test_acc.png",
+                    "sequential_cifar_cifar100_test_acc.png", "sequential_cifar_cifar10_test_acc.png",
+                    "sequential_cifar_order_sweep.png"]
     assert all((plots / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
@@ -97,3 +100,66 @@ def test_original_layouts_under_any_name(tmp_path):
     assert runs["big_logs"]["task"] == "imagenet" and runs["big_logs"]["best"] == 61.0
     assert runs["frac"]["task"] == "cifar10" and runs["frac"]["best"] == pytest.approx(80.0)
     assert "| 83.00 |" in result.stdout  # best top-5
+
+
+def _events(folder, tag="test_acc", values=(0.1, 0.5, 0.4)):
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(folder)) as w:
+        for step, v in enumerate(values):
+            w.add_scalar(tag, v, step)
+
+
+def test_original_run_names_give_neuron_order_and_T(tmp_path):
+    for name in ("lif_e256_b128_sgd_lr0.1_c128_amp", "if5pmd8_e256_b128_sgd_lr0.1_c128_amp_P32",
+                 "mspsn_e256_b128_adamw_lr0.001_c128_amp_P8", "plif_torch_e256_b128_sgd_lr0.1_c128_amp",
+                 "if5_e256_b128_sgd_lr0.1_c128_amp"):
+        _events(tmp_path / "scf10" / name)
+    _events(tmp_path / "cf10" / "if5_T8_e1024_b128_sgd_lr0.1_c256_amp")
+    run_script(SCRIPT, tmp_path, "--json", tmp_path / "r.json")
+    runs = {r["path"].rsplit("/", 1)[-1].split("_e")[0]: r for r in json.loads((tmp_path / "r.json").read_text())}
+    got = {k: (r["task"], r["neuron"], r["order"], r["variant"]) for k, r in runs.items() if k != "if5_T8"}
+    assert got == {"lif": ("sequential_cifar", "lif", None, ""), "if5pmd8": ("sequential_cifar", "masked_psn", 32, ""),
+                   "mspsn": ("sequential_cifar", "sliding_psn", 8, ""),
+                   "plif_torch": ("sequential_cifar", "plif", None, "plif_torch"),
+                   "if5": ("sequential_cifar", "psn", None, "")}
+    assert runs["if5_T8"]["task"] == "cifar10" and runs["if5_T8"]["T"] == 8
+
+
+def test_two_runs_of_one_row_are_both_shown(tmp_path):
+    _events(tmp_path / "scf10" / "lif_e256_b128_sgd_lr0.1_c128_amp", values=(0.3, 0.6))
+    _events(tmp_path / "scf10_again" / "lif_e256_b128_sgd_lr0.1_c128_amp", values=(0.2, 0.7))
+    text = run_script(SCRIPT, tmp_path).stdout
+    lif_rows = [line for line in text.splitlines() if line.startswith("| LIF |")]
+    assert len(lif_rows) == 2 and {"60.00", "70.00"} == {row.split(" | ")[2] for row in lif_rows}
+
+
+@pytest.mark.parametrize("args_txt", [b"", b"\xff\xfe\x00garbage", b"{not json", b"[1, 2]", b'{"task": "cifar10", "T": "abc"}',
+                                      b'{"task": 5}', b'{"task": "sequential_cifar", "neuron": "sliding_psn", "order": [1]}', b"hello"])
+def test_a_damaged_run_is_skipped_and_the_rest_reported(tmp_path, args_txt):
+    _events(tmp_path / "good" / "lif_e256_b128_sgd_lr0.1_c128_amp")
+    bad = tmp_path / "bad"
+    _events(bad)
+    (bad / "args.txt").write_bytes(args_txt)
+    out = run_script(SCRIPT, tmp_path, check=False)
+    assert out.returncode == 0 and "| LIF |" in out.stdout and "Traceback" not in out.stderr
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning: skipped")]
+    assert len(warnings) == 1 and str(bad) in warnings[0]
+
+
+def test_damaged_events_are_skipped(tmp_path):
+    _events(tmp_path / "good" / "lif_e256_b128_sgd_lr0.1_c128_amp")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "events.out.tfevents.1.host").write_bytes(b"\x00" * 5 + b"\xff" * 100)
+    out = run_script(SCRIPT, tmp_path, check=False)
+    assert out.returncode == 0 and "| LIF |" in out.stdout and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plots"])
+def test_unusable_output_paths_are_one_sentence(tmp_path, flag):
+    _events(tmp_path / "runs" / "lif_e256_b128_sgd_lr0.1_c128_amp")
+    (tmp_path / "file").write_text("x")
+    target = tmp_path / "file" / "below" if flag == "--json" else tmp_path / "file"
+    out = run_script(SCRIPT, tmp_path / "runs", flag, target, check=False)
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
+    assert out.stdout == ""
