@@ -10,6 +10,16 @@ class UserError(Exception):
 EXIT_USER_ERROR = 2
 
 
+def one_sentence(error: UserError) -> str:
+    """The user's sentence of an error, also when a DataLoader worker raised it: torch re-raises it
+    in the main process with the worker's traceback around it, whose last line is the sentence."""
+    message = str(error).strip()
+    if "Original Traceback" in message:
+        last = message.splitlines()[-1]
+        message = last.split(f"{type(error).__name__}: ", 1)[-1]
+    return message
+
+
 def exits_cleanly(main):
     """Wrap a command's main(): a UserError prints `error: <sentence>` on stderr and exits with 2."""
 
@@ -18,7 +28,7 @@ def exits_cleanly(main):
         try:
             return main(*args, **kwargs)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            print(f"error: {one_sentence(e)}", file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper
