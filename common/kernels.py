@@ -19,7 +19,10 @@ The ops are registered with `torch.library`, so `torch.compile`d models keep the
 opaque calls. The torch path of `common.neurons` is the reference; the tests run these
 kernels on CPU under `TRITON_INTERPRET=1` against it.
 """
+import contextlib
 import os
+import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -33,6 +36,10 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _ENABLED = os.environ.get("PSN_FUSED", "1") != "0"
+# PSN_FUSED=1 forces the kernels: a failure to compile or launch is then an error instead
+# of a warning and a fall back to the torch path.
+_FORCED = os.environ.get("PSN_FUSED") == "1"
+_warned = False
 # Under the Triton interpreter the kernels also run on CPU tensors; the neurons take that
 # path only when a test asks for it (it is far slower than the torch path on a CPU).
 INTERPRET_ON_CPU = False
@@ -43,6 +50,36 @@ def set_enabled(flag: bool) -> None:
     """Switch the fused path on or off (off: the torch reference path; for benchmarks and debugging)."""
     global _ENABLED
     _ENABLED = bool(flag)
+
+
+def is_enabled() -> bool:
+    return _ENABLED
+
+
+@contextlib.contextmanager
+def enabled(flag: bool):
+    """`with kernels.enabled(False): ...` runs a block on one path and restores the previous setting."""
+    previous = _ENABLED
+    set_enabled(flag)
+    try:
+        yield
+    finally:
+        set_enabled(previous)
+
+
+def _fall_back(error: Exception) -> None:
+    """A kernel failed to compile or launch (an older GPU, another Triton): warn once and switch to
+    the torch path, which computes the same function; with PSN_FUSED=1 the error stands."""
+    global _warned
+    if _FORCED:
+        raise error
+    set_enabled(False)
+    if not _warned:
+        _warned = True
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        warnings.warn(f"The fused PSN kernels failed here ({type(error).__name__}: {cause}); the PSN family "
+                      "continues on the torch path (same results, slower). PSN_FUSED=1 makes this an error, "
+                      "PSN_FUSED=0 skips the kernels.", RuntimeWarning, stacklevel=3)
 
 
 def usable(x: torch.Tensor, surrogate_function) -> bool:
@@ -76,17 +113,6 @@ def _slab_layout(x: torch.Tensor) -> bool:
 
 
 SMALL_T = 16
-
-
-def _block(t_pad: int) -> int:
-    """Columns per program: [t_pad, BLOCK] fp32 tiles of at most 4096 elements (registers, not spills)."""
-    return 256 if t_pad <= SMALL_T else max(16, 4096 // t_pad)
-
-
-def _t_pad(T: int) -> int:
-    """Rows of a program's tile: T rounded up to a power of two (and to tl.dot's 16 on the long path)."""
-    p2 = triton.next_power_of_2(T)
-    return p2 if T <= SMALL_T else max(16, p2)
 
 
 if HAVE_TRITON:
@@ -194,19 +220,104 @@ if HAVE_TRITON:
         tl.store(gw_part_ptr + pid * T_PAD * T_PAD + square, gw_acc)
         tl.store(gb_part_ptr + pid * T_PAD + rows, gb_acc)
 
+    # Long sequences (T > DOT_MAX_T): W no longer fits in registers or shared memory, so
+    # it is walked in [TILE, TILE] tiles (from L2: it is tiny next to x) and each program
+    # keeps one [TILE, BLOCK] accumulator. Forward: spikes. Backward: the surrogate
+    # gradient gh = g * dS/dH into an fp32 buffer, from which two GEMMs give dX = W^T gh
+    # and dW = gh X^T (see _backward): no [T, T] accumulator per program.
+
+    @triton.jit
+    def _psn_tiled_kernel(x_ptr, w_ptr, b_ptr, g_ptr, out_ptr, M, stride_t, T, alpha,
+                          T_PAD: tl.constexpr, TILE: tl.constexpr, BLOCK: tl.constexpr, GRAD: tl.constexpr):
+        pid = tl.program_id(0)
+        cols = pid * BLOCK + tl.arange(0, BLOCK)
+        col_ok = cols < M
+        half_alpha = alpha * 0.5
+        for r0 in range(0, T_PAD, TILE):
+            rows = r0 + tl.arange(0, TILE)
+            row_ok = rows < T
+            h = tl.zeros([TILE, BLOCK], dtype=tl.float32) + tl.load(b_ptr + rows, mask=row_ok, other=0.0)[:, None]
+            for k0 in range(0, T_PAD, TILE):
+                ks = k0 + tl.arange(0, TILE)
+                k_ok = ks < T
+                w = tl.load(w_ptr + rows[:, None] * T + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                x = tl.load(x_ptr + ks.to(tl.int64)[:, None] * stride_t + cols[None, :],
+                            mask=k_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+                h += tl.dot(w, x, input_precision="ieee")
+            offsets = rows.to(tl.int64)[:, None] * stride_t + cols[None, :]
+            ok = row_ok[:, None] & col_ok[None, :]
+            if GRAD:
+                g = tl.load(g_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
+                ah = 3.141592653589793 * half_alpha * h
+                tl.store(out_ptr + offsets, g * (half_alpha / (1.0 + ah * ah)), mask=ok)
+            else:
+                tl.store(out_ptr + offsets, (h >= 0.0).to(out_ptr.dtype.element_ty), mask=ok)
+
+
+DOT_MAX_T = 64  # beyond this, the tiled kernel (W in tiles, dW and dX by GEMMs)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """What the dispatcher launches for one kernel at one T: the kernel, its compile-time
+    constants and launch settings. scripts/kernel_resources.py compiles exactly these."""
+
+    name: str  # small | dot | tiled
+    kernel: object
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+
+    @property
+    def block(self) -> int:
+        return self.constexprs["BLOCK"]
+
+
+def launch_config(direction: str, T: int) -> LaunchConfig:
+    """The kernel and settings for `direction` ('forward' or 'backward') at T steps.
+
+    Chosen so that no variant spills registers to local memory on sm_80 or sm_90, for
+    fp32, fp16 and bf16 (checked ahead of time by tests/test_kernel_resources.py):
+    software pipelining is off (num_stages=1: the loops are short and the loads
+    coalesced; its buffers cost registers and shared memory), and the [T, BLOCK] tiles
+    shrink as T grows.
+    """
+    if not 1 <= T <= MAX_T:
+        raise ValueError(f"the fused kernels take 1 <= T <= {MAX_T}, got {T}")
+    p2 = triton.next_power_of_2(T)
+    if T <= SMALL_T:
+        if direction == "forward":
+            return LaunchConfig("small", _psn_forward_small_kernel, {"T": T, "T_P2": p2, "BLOCK": 256}, 4, 1)
+        return LaunchConfig("small", _psn_backward_small_kernel, {"T": T, "T_P2": p2, "BLOCK": 128}, 4, 1)
+    t_pad = max(16, p2)
+    if T <= DOT_MAX_T:
+        if direction == "forward":
+            block, warps = (128, 4) if t_pad <= 32 else (32, 8)  # 64 x 64 tiles at 4 warps spill on sm_80
+            return LaunchConfig("dot", _psn_forward_kernel, {"T_PAD": t_pad, "BLOCK": block}, warps, 1)
+        block, warps = (64, 8) if t_pad <= 32 else (16, 8)
+        return LaunchConfig("dot", _psn_backward_kernel, {"T_PAD": t_pad, "BLOCK": block}, warps, 1)
+    grad = direction == "backward"
+    return LaunchConfig("tiled", _psn_tiled_kernel, {"T_PAD": t_pad, "TILE": 32, "BLOCK": 64, "GRAD": grad}, 4, 1)
+
+
+LAUNCHES = {"forward": 0, "backward": 0}  # kernel launches so far; tests read it to know the fused path ran
+
 
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     T = x.shape[0]
     spikes = torch.empty_like(x)
     M = x[0].numel()
-    t_pad = _t_pad(T)
-    block = _block(t_pad)
-    grid = (triton.cdiv(M, block),)
+    cfg = launch_config("forward", T)
+    grid = (triton.cdiv(M, cfg.block),)
     w, b = weight.float().contiguous(), bias.float().contiguous()
-    if T <= SMALL_T:
-        _psn_forward_small_kernel[grid](x, w, b, spikes, M, x.stride(0), T=T, T_P2=t_pad, BLOCK=block)
+    launch = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.constexprs)
+    if cfg.name == "small":
+        cfg.kernel[grid](x, w, b, spikes, M, x.stride(0), **launch)
+    elif cfg.name == "dot":
+        cfg.kernel[grid](x, w, b, spikes, M, x.stride(0), T, **launch)
     else:
-        _psn_forward_kernel[grid](x, w, b, spikes, M, x.stride(0), T, T_PAD=t_pad, BLOCK=block)
+        cfg.kernel[grid](x, w, b, x, spikes, M, x.stride(0), T, 0.0, **launch)
+    LAUNCHES["forward"] += 1
     return spikes
 
 
@@ -216,25 +327,39 @@ def _programs(device: torch.device, n_blocks: int) -> int:
     return max(1, min(n_blocks, 4))
 
 
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A slab-layout [T, ...] tensor as the [T, M] matrix of its memory (channels-last included)."""
+    return t.as_strided((t.shape[0], t[0].numel()), (t.stride(0), 1))
+
+
 def _backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alpha: float):
     T = x.shape[0]
     if grad.stride() != x.stride():  # the kernel walks both with one set of offsets
         grad = torch.empty_like(x).copy_(grad)
     M = x[0].numel()
-    t_pad = _t_pad(T)
-    block = _block(t_pad)
-    n_blocks = triton.cdiv(M, block)
+    cfg = launch_config("backward", T)
+    w, b = weight.float().contiguous(), bias.float().contiguous()
+    launch = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.constexprs)
+    LAUNCHES["backward"] += 1
+    if cfg.name == "tiled":
+        gh = torch.empty_like(x, dtype=torch.float32)  # same strides as x: one set of offsets
+        cfg.kernel[(triton.cdiv(M, cfg.block),)](x, w, b, grad, gh, M, x.stride(0), T, float(alpha), **launch)
+        gh_flat, x_flat = _flat(gh), _flat(x).float()
+        grad_x = torch.empty_like(x)
+        _flat(grad_x).copy_(w.t() @ gh_flat)
+        return grad_x, (gh_flat @ x_flat.t()).to(weight.dtype), gh_flat.sum(1).to(bias.dtype)
+    t_pad = cfg.constexprs.get("T_P2", cfg.constexprs.get("T_PAD"))
+    n_blocks = triton.cdiv(M, cfg.block)
     programs = _programs(x.device, n_blocks)
     grad_x = torch.empty_like(x)
     gw_part = torch.empty(programs, t_pad, t_pad, device=x.device, dtype=torch.float32)
     gb_part = torch.empty(programs, t_pad, device=x.device, dtype=torch.float32)
-    w, b = weight.float().contiguous(), bias.float().contiguous()
-    if T <= SMALL_T:
-        _psn_backward_small_kernel[(programs,)](x, grad, w, b, grad_x, gw_part, gb_part, M, x.stride(0), float(alpha),
-                                                n_blocks, T=T, T_P2=t_pad, BLOCK=block)
+    if cfg.name == "small":
+        cfg.kernel[(programs,)](x, grad, w, b, grad_x, gw_part, gb_part, M, x.stride(0), float(alpha), n_blocks,
+                                **launch)
     else:
-        _psn_backward_kernel[(programs,)](x, grad, w, b, grad_x, gw_part, gb_part, M, x.stride(0), T, float(alpha),
-                                          n_blocks, T_PAD=t_pad, BLOCK=block)
+        cfg.kernel[(programs,)](x, grad, w, b, grad_x, gw_part, gb_part, M, x.stride(0), T, float(alpha), n_blocks,
+                                **launch)
     grad_w = gw_part.sum(0)[:T, :T].to(weight.dtype)
     grad_b = gb_part.sum(0)[:T].to(bias.dtype)
     return grad_x, grad_w, grad_b
@@ -277,25 +402,45 @@ def _setup_context(ctx, inputs, output):
     ctx.alpha = alpha
 
 
+def _reference_backward(grad, x, weight, bias, alpha):
+    """The gradients the backward kernel computes, in torch (the fall back when it cannot run)."""
+    flat = x.reshape(x.shape[0], -1).float()
+    h = weight.float() @ flat + bias.float().reshape(-1, 1)
+    half = alpha / 2
+    gh = grad.reshape(h.shape).float() * (half / (1 + (torch.pi * half * h) ** 2))
+    grad_x = (weight.float().t() @ gh).view(x.shape).to(x.dtype)
+    return grad_x, (gh @ flat.t()).to(weight.dtype), gh.sum(1).to(bias.dtype)
+
+
 def _fire_backward(ctx, grad):
     x, weight, bias = ctx.saved_tensors
-    grad_x, grad_w, grad_b = fire_backward_op(grad, x, weight, bias, ctx.alpha)
+    try:
+        grad_x, grad_w, grad_b = fire_backward_op(grad, x, weight, bias, ctx.alpha)
+    except Exception as error:  # noqa: BLE001 - any compile or launch failure; _fall_back re-raises if forced
+        _fall_back(error)
+        grad_x, grad_w, grad_b = _reference_backward(grad, x, weight, bias, ctx.alpha)
     return grad_x, grad_w, grad_b, None
 
 
 fire_op.register_autograd(_fire_backward, setup_context=_setup_context)
 
 
-def fire(x_seq: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alpha: float) -> torch.Tensor:
+def fire(x_seq: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, alpha: float) -> torch.Tensor | None:
     """Spikes heaviside(weight @ x_seq + bias) over the time axis of x_seq [T, N, *], fused.
 
     weight: [T, T]; bias: [T] (or anything that reshapes to it); alpha: the ATan surrogate's.
+    Returns None when the kernel could not run here (after one warning): the caller then
+    takes the torch path.
     """
     T = x_seq.shape[0]
     if not _slab_layout(x_seq):
         x_seq = x_seq.contiguous()
     bias = bias.reshape(-1).expand(T) if bias.numel() == 1 else bias.reshape(T)
-    return fire_op(x_seq, weight, bias, float(alpha))
+    try:
+        return fire_op(x_seq, weight, bias, float(alpha))
+    except Exception as error:  # noqa: BLE001 - any compile or launch failure; _fall_back re-raises if forced
+        _fall_back(error)
+        return None
 
 
-__all__ = ["fire", "usable", "set_enabled", "MAX_T"]
+__all__ = ["fire", "usable", "set_enabled", "enabled", "is_enabled", "launch_config", "LAUNCHES", "MAX_T"]

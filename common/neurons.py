@@ -60,7 +60,9 @@ def _fire(weight: torch.Tensor, bias: torch.Tensor, x_seq: torch.Tensor, surroga
     keeps only x and recomputes H (see common/kernels.py).
     """
     if (x_seq.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") and _kernels().usable(x_seq, surrogate_function):
-        return _kernels().fire(x_seq, weight, bias, surrogate_function.alpha)
+        spikes = _kernels().fire(x_seq, weight, bias, surrogate_function.alpha)
+        if spikes is not None:  # None: the kernel cannot run here (warned once); the torch path follows
+            return spikes
     return surrogate_function(_time_linear(weight, bias, x_seq))
 
 

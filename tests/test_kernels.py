@@ -10,12 +10,26 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture
-def fused():
-    """Send the neurons through the kernels (on CPU: through the interpreter) for one test."""
-    previous = kernels.INTERPRET_ON_CPU
+def interpreted():
+    """Let the neurons take the kernels on CPU tensors too (through Triton's interpreter) for one test."""
+    if DEVICE == "cpu" and not kernels._INTERPRET:
+        pytest.skip("no CUDA GPU and no Triton interpreter (TRITON_INTERPRET=1): the kernels cannot run here")
+    previous, was_enabled = kernels.INTERPRET_ON_CPU, kernels.is_enabled()
     kernels.INTERPRET_ON_CPU = True
+    try:
+        yield
+    finally:
+        kernels.INTERPRET_ON_CPU = previous
+        kernels.set_enabled(was_enabled)
+
+
+@pytest.fixture
+def fused(interpreted):
+    """As `interpreted`, and the test must have launched the kernels: a comparison of the torch path
+    with itself (no GPU, no interpreter, a dispatch that silently declined) fails here."""
+    before = dict(kernels.LAUNCHES)
     yield
-    kernels.INTERPRET_ON_CPU = previous
+    assert kernels.LAUNCHES["forward"] > before["forward"], "the fused forward kernel never ran"
 
 
 def make(kind, T, k):
@@ -30,22 +44,21 @@ def make(kind, T, k):
 def both_paths(module, x, grad):
     """(spikes, grad x, grad weight, grad bias, potential) from the fused path and from the torch path."""
     results = []
-    for enabled in (True, False):
-        kernels.set_enabled(enabled)
-        try:
+    for fused_path in (True, False):
+        with kernels.enabled(fused_path):
+            launched = kernels.LAUNCHES["backward"]
             xi = x.detach().clone().requires_grad_(True)
             module.zero_grad(set_to_none=True)
             y = module(xi)
             y.backward(grad)
+            assert (kernels.LAUNCHES["backward"] > launched) == fused_path  # each path ran where it should
             results.append((y.detach(), xi.grad, module.weight.grad.clone(), module.bias.grad.clone()))
-        finally:
-            kernels.set_enabled(True)
     return results
 
 
 CASES = [("psn", 1, None), ("psn", 4, None), ("psn", 8, None), ("psn", 32, None), ("psn", 64, None),
          ("psn", 100, None), ("masked", 4, 2), ("masked", 16, 3), ("masked", 32, 32), ("sliding", 4, 2),
-         ("sliding", 12, 5), ("sliding", 64, 3)]
+         ("sliding", 12, 5), ("sliding", 64, 3), ("sliding", 200, 4)]
 
 
 @pytest.mark.parametrize("kind,T,k", CASES)
@@ -73,7 +86,6 @@ def test_fused_half_precision_against_fp32_math(fused, kind, T, k, dtype):
     module = make(kind, T, k).to(DEVICE)
     x = torch.randn(T, 4, 3, 5, device=DEVICE).to(dtype)
     grad = torch.randn_like(x)
-    kernels.set_enabled(True)
     xi = x.clone().requires_grad_(True)
     y = module(xi)
     y.backward(grad)
@@ -96,16 +108,14 @@ def test_channels_last_and_strided_inputs_need_no_copy_and_agree(fused):
     assert kernels._slab_layout(x_cl) and not x_cl.is_contiguous()
     y_cl = module(x_cl)
     assert y_cl.stride() == x_cl.stride()  # spikes written in the input's own layout
-    kernels.set_enabled(False)
-    y_ref = module(x_cl.contiguous())
-    kernels.set_enabled(True)
+    with kernels.enabled(False):
+        y_ref = module(x_cl.contiguous())
     assert torch.equal(y_cl, y_ref)
     # A layout whose time steps interleave (time not outermost) falls back to one copy, still correct.
     x_t = torch.randn(2, 4, 7, device=DEVICE).transpose(0, 1)
     assert not kernels._slab_layout(x_t)
-    kernels.set_enabled(False)
-    ref = module(x_t)
-    kernels.set_enabled(True)
+    with kernels.enabled(False):
+        ref = module(x_t)
     assert torch.equal(module(x_t), ref)
 
 
@@ -116,14 +126,13 @@ def test_gradient_in_another_layout_is_handled(fused):
     x.requires_grad_(True)
     y = module(x)
     y.backward(torch.ones(2, 3, 4, 3, 3, device=DEVICE))  # contiguous gradient for a channels-last output
-    kernels.set_enabled(False)
-    x2 = x.detach().contiguous().requires_grad_(True)
-    module(x2).backward(torch.ones_like(x2))
-    kernels.set_enabled(True)
+    with kernels.enabled(False):
+        x2 = x.detach().contiguous().requires_grad_(True)
+        module(x2).backward(torch.ones_like(x2))
     torch.testing.assert_close(x.grad, x2.grad)
 
 
-def test_only_atan_and_supported_sizes_take_the_fused_path(fused):
+def test_only_atan_and_supported_sizes_take_the_fused_path(interpreted):
     from spikingjelly.activation_based import surrogate
 
     x = torch.randn(4, 3, device=DEVICE)
@@ -132,9 +141,8 @@ def test_only_atan_and_supported_sizes_take_the_fused_path(fused):
     assert not kernels.usable(x, surrogate.ATan(spiking=False))
     assert not kernels.usable(torch.randn(kernels.MAX_T + 1, 3, device=DEVICE), surrogate.ATan())
     assert not kernels.usable(x.double(), surrogate.ATan())
-    kernels.set_enabled(False)
-    assert not kernels.usable(x, surrogate.ATan())
-    kernels.set_enabled(True)
+    with kernels.enabled(False):
+        assert not kernels.usable(x, surrogate.ATan())
 
 
 def test_custom_op_is_registered_for_torch_compile():
@@ -183,15 +191,51 @@ def test_cifar10_network_trains_the_same_through_the_kernels(fused, channels_las
         net = net.to(memory_format=torch.channels_last)
     x = torch.randn(3, 3, 32, 32, device=DEVICE)
     results = []
-    for enabled in (True, False):
-        kernels.set_enabled(enabled)
-        net.zero_grad(set_to_none=True)
-        out = net(x)
-        out.square().sum().backward()
-        functional.reset_net(net)
-        results.append((out.detach(), [p.grad.clone() for p in net.parameters()]))
-    kernels.set_enabled(True)
+    for fused_path in (True, False):
+        with kernels.enabled(fused_path):
+            net.zero_grad(set_to_none=True)
+            out = net(x)
+            out.square().sum().backward()
+            functional.reset_net(net)
+            results.append((out.detach(), [p.grad.clone() for p in net.parameters()]))
     (out_f, grads_f), (out_t, grads_t) = results
     torch.testing.assert_close(out_f, out_t, rtol=1e-5, atol=1e-5)
     for gf, gt in zip(grads_f, grads_t):
         torch.testing.assert_close(gf, gt, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_a_kernel_that_cannot_run_warns_once_and_the_torch_path_takes_over(fused, monkeypatch, where):
+    torch.manual_seed(6)
+    module = PSN(T=4).to(DEVICE)
+    x, grad = torch.randn(4, 3, 5, device=DEVICE), torch.randn(4, 3, 5, device=DEVICE)
+    with kernels.enabled(False):
+        xr = x.clone().requires_grad_(True)
+        yr = module(xr)
+        yr.backward(grad)
+    module(x)  # one genuine launch, so the fixture's check is met whatever the failure below
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(kernels, f"_{where}", broken)
+    monkeypatch.setattr(kernels, "_warned", False)
+    xi = x.clone().requires_grad_(True)
+    with pytest.warns(RuntimeWarning, match="no kernel image .* continues on the torch path"):
+        y = module(xi)
+        y.backward(grad)
+    assert torch.equal(y, yr) and torch.allclose(xi.grad, xr.grad, atol=1e-6)
+    assert not kernels.is_enabled()  # later calls go straight to the torch path, without another warning
+
+
+def test_forced_kernels_raise_instead(fused, monkeypatch):
+    module = PSN(T=4).to(DEVICE)
+    module(torch.randn(4, 2, device=DEVICE))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("ptxas failed")
+
+    monkeypatch.setattr(kernels, "_forward", broken)
+    monkeypatch.setattr(kernels, "_FORCED", True)
+    with pytest.raises(RuntimeError, match="ptxas failed"):
+        module(torch.randn(4, 2, device=DEVICE))

@@ -1,0 +1,183 @@
+"""Registers, spills and shared memory of every fused-kernel variant, compiled ahead of time (no GPU needed).
+
+    python scripts/kernel_resources.py                       # every variant: both directions, the T list,
+                                                             # fp32/fp16/bf16, sm_80 and sm_90 (~minutes)
+    python scripts/kernel_resources.py --T 32 64 --dtype fp32 --arch 90 --markdown
+
+Each variant is exactly what `common.kernels.launch_config` makes the dispatcher launch
+for that T, compiled by Triton for the target (`GPUTarget('cuda', 80|90, 32)`); the
+PTX then goes through the `ptxas` that Triton ships, with the flags Triton itself uses,
+whose `-v` report gives registers per thread and spill bytes. Shared memory is Triton's
+own figure, checked against the target's per-block limit. Variants are compiled with
+the specialisation a real launch mostly gets (16-byte aligned pointers, M and the time
+stride divisible by 16); `--unaligned` compiles the other case too.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Compiling for a GPU target needs the real JIT functions, not the interpreter's stand-ins
+# (set before Triton is first imported, here and in the worker processes).
+os.environ["TRITON_INTERPRET"] = "0"
+
+T_VALUES = (1, 2, 3, 4, 8, 16, 17, 32, 64, 100, 128, 256)
+DTYPES = ("fp32", "fp16", "bf16")
+ARCHS = (80, 90)
+# Shared memory one block may use (opt-in maximum): A100 163 KiB, H100/H200 227 KiB.
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+MAX_REGISTERS = 255
+# Arguments that carry the activation's dtype; every other pointer is an fp32 buffer.
+ACTIVATION_ARGS = {"x_ptr", "g_ptr", "s_ptr", "gx_ptr"}
+INT64_ARGS = {"stride_t"}
+FLOAT_ARGS = {"alpha"}
+
+
+@dataclass
+class Resources:
+    direction: str
+    T: int
+    dtype: str
+    arch: int
+    aligned: bool
+    path: str
+    constexprs: dict
+    num_warps: int
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    stack: int
+    shared: int
+
+    @property
+    def ok(self) -> bool:
+        return (self.spill_stores == 0 and self.spill_loads == 0 and self.registers <= MAX_REGISTERS
+                and self.shared <= SHARED_LIMIT[self.arch])
+
+
+def _signature(kernel, dtype: str, constexprs: dict, out_dtype: str) -> dict:
+    sig = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name == "out_ptr":  # the tiled kernel: spikes (activation dtype) or gh (fp32)
+            sig[name] = f"*{out_dtype}"
+        elif name.endswith("_ptr"):
+            sig[name] = f"*{dtype}" if name in ACTIVATION_ARGS else "*fp32"
+        elif name in INT64_ARGS:
+            sig[name] = "i64"
+        elif name in FLOAT_ARGS:
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def _ptxas() -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+def measure(direction: str, T: int, dtype: str, arch: int, aligned: bool = True) -> Resources:
+    from common.kernels import launch_config
+
+    return measure_config(launch_config(direction, T), direction, T, dtype, arch, aligned)
+
+
+def measure_config(cfg, direction: str, T: int, dtype: str, arch: int, aligned: bool = True) -> Resources:
+    """Compile one LaunchConfig for one dtype and target, and read ptxas's report."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = cfg.kernel
+    out_dtype = "fp32" if cfg.constexprs.get("GRAD") else dtype
+    signature = _signature(kernel, dtype, cfg.constexprs, out_dtype)
+    attrs = {}
+    if aligned:
+        for i, name in enumerate(kernel.arg_names):
+            if name.endswith("_ptr") or name in ("M", "stride_t"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    source = ASTSource(fn=kernel, signature=signature, constexprs=cfg.constexprs, attrs=attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    ptx = compiled.asm["ptx"]
+    target = re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1)  # sm_90 compiles to sm_90a
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        src.write_text(ptx)
+        # The flags Triton's own make_cubin passes (line info, its register-allocation workaround).
+        report = subprocess.run([_ptxas(), "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={target}",
+                                 str(src), "-o", str(Path(tmp) / "kernel.cubin")],
+                                capture_output=True, text=True, check=True).stderr
+
+    def number(pattern):
+        match = re.search(pattern, report)
+        return int(match.group(1)) if match else 0
+
+    return Resources(direction, T, dtype, arch, aligned, cfg.name, dict(cfg.constexprs), cfg.num_warps,
+                     number(r"Used (\d+) registers"), number(r"(\d+) bytes spill stores"),
+                     number(r"(\d+) bytes spill loads"), number(r"(\d+) bytes stack frame"), compiled.metadata.shared)
+
+
+def _measure(args):
+    return measure(*args)
+
+
+def measure_all(Ts=T_VALUES, dtypes=DTYPES, archs=ARCHS, aligned=(True,), jobs: int | None = None) -> list[Resources]:
+    """Every variant, compiled in parallel processes (Triton's compiler holds the GIL)."""
+    todo = [(d, T, dt, arch, al) for d in ("forward", "backward") for T in Ts for dt in dtypes for arch in archs
+            for al in aligned]
+    jobs = jobs or min(len(todo), os.cpu_count() or 1)
+    if jobs == 1:
+        return [measure(*t) for t in todo]
+    with ProcessPoolExecutor(jobs) as pool:
+        return list(pool.map(_measure, todo))
+
+
+def markdown(results: list[Resources]) -> str:
+    lines = ["| direction | T | path | constexprs | warps | dtype | arch | registers | spill stores / loads (B) | "
+             "shared (B) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        consts = ", ".join(f"{k}={v}" for k, v in r.constexprs.items() if k not in ("T", "T_P2", "T_PAD"))
+        lines.append(f"| {r.direction} | {r.T} | {r.path} | {consts} | {r.num_warps} | {r.dtype} | sm_{r.arch} | "
+                     f"{r.registers} | {r.spill_stores} / {r.spill_loads} | {r.shared} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("--T", type=int, nargs="+", default=list(T_VALUES))
+    p.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES))
+    p.add_argument("--arch", type=int, nargs="+", choices=ARCHS, default=list(ARCHS))
+    p.add_argument("--unaligned", action="store_true", help="also compile the unaligned specialisation")
+    p.add_argument("--jobs", "-j", type=int, default=None, help="parallel compiler processes (default: CPUs)")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table (default: JSON lines)")
+    args = p.parse_args(argv)
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        print("error: Triton is not installed (it ships with the CUDA builds of torch).", file=sys.stderr)
+        return 2
+    results = measure_all(args.T, args.dtype, args.arch, (True, False) if args.unaligned else (True,), args.jobs)
+    if args.markdown:
+        print(markdown(results))
+    else:
+        for r in results:
+            print(json.dumps({**asdict(r), "ok": r.ok}))
+    bad = [r for r in results if not r.ok]
+    if bad:
+        print(f"{len(bad)} of {len(results)} variants spill or exceed a limit.", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""The fused kernels' GPU code, checked without a GPU: every variant the dispatcher can launch is
+compiled ahead of time for sm_80 and sm_90, and ptxas (shipped with Triton) reports its resources.
+
+No variant may spill registers to local memory, use more than 255 registers, or more shared
+memory than the target gives one block. About 2 minutes on 2 cores with an empty Triton cache.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from common import kernels
+from conftest import ROOT, run_script, script_env
+
+pytestmark = pytest.mark.skipif(not kernels.HAVE_TRITON, reason="Triton is not installed")
+
+
+def test_no_kernel_variant_spills_or_exceeds_a_limit():
+    out = run_script("scripts/kernel_resources.py", "--jobs", "2", check=False, timeout=1200)
+    results = [json.loads(line) for line in out.stdout.splitlines()]
+    # 2 directions x 12 values of T x 3 dtypes x 2 targets
+    assert len(results) == 144 and {r["arch"] for r in results} == {80, 90}
+    assert {r["path"] for r in results} == {"small", "dot", "tiled"}
+    bad = [(r["direction"], r["T"], r["dtype"], r["arch"], r["registers"], r["spill_stores"], r["shared"])
+           for r in results if not r["ok"]]
+    assert not bad and out.returncode == 0, bad
+
+
+def test_the_check_sees_a_spilling_kernel():
+    """The measurement can fail: 64 x 64 fp32 tiles on 4 warps (the old forward setting) spill on sm_80."""
+    code = ("import json, dataclasses; from scripts import kernel_resources as R; from common import kernels as K; "
+            "cfg = K.LaunchConfig('dot', K._psn_forward_kernel, {'T_PAD': 64, 'BLOCK': 64}, 4, 1); "
+            "r = R.measure_config(cfg, 'forward', 64, 'fp32', 80); print(json.dumps([r.spill_stores, r.ok]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env=script_env(TRITON_INTERPRET="0"), check=True)
+    spill_stores, ok = json.loads(out.stdout.strip().splitlines()[-1])
+    assert spill_stores > 0 and not ok
