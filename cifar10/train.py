@@ -26,7 +26,7 @@ def parse_args(argv=None):
     p = cli.build_parser(__doc__.splitlines()[0], epochs=1024, batch_size=128, opt="sgd", lr=0.1, momentum=0.9,
                          weight_decay=0.0, T=4, output_dir="./runs/cifar10")
     cli.add_cifar_flags(p, ("cifar10", "digits"))
-    p.add_argument("--neuron", "-neu", choices=sorted(NEURONS), default="psn")
+    p.add_argument("--neuron", "-neu", choices=sorted(NEURONS), default="psn", help="spiking neuron (if5: the original name)")
     args = p.parse_args(argv)
     args.neuron = NEURONS[args.neuron]
     return args
@@ -40,7 +40,7 @@ def run_name(args) -> str:
 def task_for(args) -> engine.Task:
     return engine.Task(
         name="cifar10",
-        build_data=lambda a: build_cifar(a.dataset, a.data_dir, a.download),
+        build_data=lambda a: build_cifar(a.dataset, a.data_dir, a.download, a.augment),
         build_model=lambda a, classes: CIFAR10Net(a.channels, a.T, classes, psn_factory(a.T)),
         run_name=run_name,
         train_loss=smoothed_cross_entropy(args.label_smoothing),

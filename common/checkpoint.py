@@ -79,6 +79,7 @@ class Checkpoint:
     args: dict = field(default_factory=dict)
     task_state: dict = field(default_factory=dict)
     rng: dict | None = None
+    model_ema: dict | None = None  # --model-ema's averaged weights
 
 
 def _is_state_dict(obj) -> bool:
@@ -104,7 +105,7 @@ def read_checkpoint(path) -> Checkpoint:
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         return Checkpoint(path, "ours", raw["model"], raw.get("optimizer"), raw.get("lr_scheduler"),
                           raw.get("scaler"), raw.get("epoch"), raw.get("best_acc1"), raw.get("args") or {},
-                          raw.get("task_state") or {}, raw.get("rng"))
+                          raw.get("task_state") or {}, raw.get("rng"), raw.get("model_ema"))
     if isinstance(raw, dict) and "net" in raw and _is_state_dict(raw["net"]):
         acc = raw.get("max_test_acc")
         return Checkpoint(path, "net", raw["net"], raw.get("optimizer"), raw.get("lr_scheduler"),
@@ -198,6 +199,16 @@ def load_model_weights(model: nn.Module, checkpoint) -> Checkpoint:
                         f"({type(target).__name__}); {'; '.join(parts)}.")
     target.load_state_dict(sd)
     return ckpt
+
+
+def load_state_dict_checked(module: nn.Module, state_dict, path, field_name: str) -> None:
+    """Load a checkpoint's state dict field into `module`; anything else than its exact keys and shapes
+    is refused in one sentence."""
+    expected = module.state_dict()
+    if not _is_state_dict(state_dict) or state_dict.keys() != expected.keys() or any(
+            state_dict[k].shape != expected[k].shape for k in expected):
+        raise UserError(f"Checkpoint {path}: its {field_name} does not fit this model.")
+    module.load_state_dict(state_dict)
 
 
 def load_matching(model: nn.Module, path) -> tuple[list[str], list[str], list[str]]:

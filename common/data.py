@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import datasets
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
@@ -80,6 +80,13 @@ def cifar_train_transform(mean, std):
     ])
 
 
+def light_train_transform(mean, std):
+    """A small-data recipe (not the paper's): shifts of up to 2 pixels, nothing that mirrors or
+    recolours, and no mixing, for the 1,437 training images of `digits` (a flipped 2 is no 2)."""
+    return T.Compose([T.RandomCrop(32, padding=2), T.PILToTensor(), T.ToDtype(torch.float32, scale=True),
+                      T.Normalize(mean, std)])
+
+
 def cifar_test_transform(mean, std):
     return T.Compose([T.PILToTensor(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)])
 
@@ -105,38 +112,89 @@ class EpochSeeded(Dataset):
 
     A sample is then augmented the same way whatever the number of loader workers or
     processes and whatever the order it is drawn in: results do not depend on -j or on
-    the world size, and a resumed epoch replays exactly.
+    the world size, and a resumed epoch replays exactly. The epoch travels with each index
+    ((epoch, index) pairs from EpochTagged), so loader workers can live across epochs.
     """
 
     def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        epoch, index = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
             return self.dataset[index]
 
 
-def build_cifar(name: str, data_dir: str, download: bool, num_classes: int = 10) -> DataBundle:
-    """CIFAR-10 / CIFAR-100 (torchvision) or `digits`, with the paper's transforms and mixing."""
+def _draw_seed() -> int:
+    return int(torch.empty((), dtype=torch.int64).random_().item())
+
+
+class EpochShuffle(Sampler):
+    """A random order of range(n), drawn when the epoch is set (right after the engine seeds the
+    global generator from (seed, epoch)), exactly as torch's RandomSampler drew it when a loader
+    was made anew each epoch: same order, same draws from the global generator, whatever -j."""
+
+    def __init__(self, n: int):
+        self.n, self.order_seed = n, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order_seed = _draw_seed()
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.order_seed)).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class EpochTagged(Sampler):
+    """A sampler's indices as (epoch, index) pairs; `set_epoch` reaches the wrapped sampler too.
+
+    The sampler runs in the main process at the start of each epoch, so persistent workers
+    learn the epoch from the keys they are given, not from state they would never see change.
+    """
+
+    def __init__(self, sampler: Sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        # A loader made anew each epoch drew its workers' base seed from the global generator
+        # first: draw it here too, so persistent workers change none of the training's draws.
+        _draw_seed()
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def build_cifar(name: str, data_dir: str, download: bool, augment: str = "paper") -> DataBundle:
+    """CIFAR-10 / CIFAR-100 (torchvision) or `digits`, with the paper's transforms and mixing
+    (`augment='paper'`) or the light small-data recipe (`'light'`: small shifts, no mixing)."""
+    if augment not in ("paper", "light"):
+        raise UserError(f"Unknown augmentation {augment!r}; choose paper or light.")
+    train_transform = cifar_train_transform if augment == "paper" else light_train_transform
     if name == "digits":
         mean, std = CIFAR10_MEAN, CIFAR10_STD
-        train = DigitsDataset(True, cifar_train_transform(mean, std))
+        train = DigitsDataset(True, train_transform(mean, std))
         test = DigitsDataset(False, cifar_test_transform(mean, std))
-        return DataBundle(train, test, 10, MixupCutmix(10))
+        return DataBundle(train, test, 10, MixupCutmix(10) if augment == "paper" else None)
     if name not in ("cifar10", "cifar100"):
         raise UserError(f"Unknown dataset {name!r}; choose cifar10, cifar100 or digits.")
     cls, mean, std = ((datasets.CIFAR10, CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10"
                       else (datasets.CIFAR100, CIFAR100_MEAN, CIFAR100_STD))
     root = Path(data_dir).expanduser()
     try:
-        train = cls(str(root), train=True, transform=cifar_train_transform(mean, std), download=download)
+        train = cls(str(root), train=True, transform=train_transform(mean, std), download=download)
         test = cls(str(root), train=False, transform=cifar_test_transform(mean, std), download=download)
     except RuntimeError as e:
         if "not found or corrupted" in str(e):
@@ -147,7 +205,7 @@ def build_cifar(name: str, data_dir: str, download: bool, num_classes: int = 10)
     except OSError as e:
         raise UserError(f"Could not get {cls.__name__} into {root}: {e}.") from None
     classes = len(train.classes)
-    return DataBundle(train, test, classes, MixupCutmix(classes))
+    return DataBundle(train, test, classes, MixupCutmix(classes) if augment == "paper" else None)
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, env: DistEnv, seed: int,
@@ -156,11 +214,14 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, en
     task's original script dropped it, augmentation seeded per sample (EpochSeeded: call its set_epoch).
     Evaluation: in order, every sample exactly once across ranks."""
     if train:
-        sampler = DistributedSampler(dataset, env.world_size, env.rank, shuffle=True, seed=seed) \
-            if env.enabled else None
-        # Workers start anew each epoch, so they see the dataset's current epoch.
-        return DataLoader(EpochSeeded(dataset, seed), batch_size, shuffle=sampler is None, sampler=sampler,
-                          num_workers=workers, pin_memory=pin_memory, drop_last=drop_last, persistent_workers=False)
+        # The order is a function of (seed, epoch) (see EpochShuffle, DistributedSampler); the
+        # loader's own seed draws come from a generator of its own, so the global one (dropout,
+        # mixing) sees the same draws whatever -j, and the draws of earlier versions of this code.
+        inner = DistributedSampler(dataset, env.world_size, env.rank, shuffle=True, seed=seed) \
+            if env.enabled else EpochShuffle(len(dataset))
+        return DataLoader(EpochSeeded(dataset, seed), batch_size, sampler=EpochTagged(inner), num_workers=workers,
+                          pin_memory=pin_memory, drop_last=drop_last, persistent_workers=workers > 0,
+                          generator=torch.Generator().manual_seed(seed))
     sampler = ShardSampler(len(dataset), env) if env.enabled else None
     return DataLoader(dataset, batch_size, shuffle=False, sampler=sampler, num_workers=workers,
-                      pin_memory=pin_memory, drop_last=False)
+                      pin_memory=pin_memory, drop_last=False, persistent_workers=workers > 0)

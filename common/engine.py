@@ -4,6 +4,7 @@ A task (cifar10/train.py, ...) describes itself with a `Task` and calls `run`.
 Everything else lives here: devices and DDP, AMP, checkpoints and resume,
 TensorBoard, progress bars, exact metrics, and the final JSON line.
 """
+import contextlib
 import json
 import math
 import random
@@ -20,11 +21,14 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional
 from torch.nn.parallel import DistributedDataParallel
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3, dispatch_clip_grad
 from tqdm import tqdm
 
 from common import distributed as D
 from common import runlog
-from common.checkpoint import FORMAT, load_model_weights, read_checkpoint, save_checkpoint
+from common import spike_stats as spike_stats_mod
+from common.checkpoint import FORMAT, load_model_weights, load_state_dict_checked, read_checkpoint, save_checkpoint
 from common.cli import check_args
 from common.data import DataBundle, make_loader
 from common.errors import UserError, one_sentence
@@ -66,7 +70,7 @@ class Task:
 INVOCATION_ARGS = frozenset({
     "data_dir", "output_dir", "run_name", "workers", "print_freq", "device", "resume", "test_only", "sync_bn",
     "channels_last", "deterministic", "stop_after", "download", "streaming", "cache_dataset", "cache_dir", "tb",
-    "load", "explicit"})
+    "load", "explicit", "spike_stats", "compile"})
 # Every run before --drop-last existed dropped the last partial batch.
 LEGACY_ARGS = {"drop_last": True}
 
@@ -87,10 +91,43 @@ class Context:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
+    ema: object | None = None  # timm ModelEmaV3 with --model-ema
+    ema_source: nn.Module | None = None  # the model it averages (without DDP's wrapper)
+
+    # Epochs this invocation trains after the current one, and the last evaluation's duration:
+    # what the run's ETA adds to the current epoch's.
+    epochs_after: int = 0
+    eval_time_s: float = 0.0
+
     def bar(self, iterable, total, desc):
-        # Rank 0 only, and only on a terminal: logs and CI get the per-epoch lines instead.
+        # Rank 0 only, and only on a terminal; elsewhere (clusters, nohup) `progress` prints lines.
         quiet = not (self.env.is_main and sys.stdout.isatty())
         return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, disable=quiet)
+
+    def progress(self, epoch: int, step: int, total: int, loss: float, acc1: float, seen: int, elapsed: float):
+        """One line every --print-freq steps when stdout is not a terminal (rank 0): a run's heartbeat."""
+        if not self.env.is_main or sys.stdout.isatty():
+            return
+        per_step = elapsed / step
+        epoch_eta = per_step * (total - step)
+        run_eta = epoch_eta + self.eval_time_s + self.epochs_after * (per_step * total + self.eval_time_s)
+        print(f"epoch {epoch + 1}/{self.args.epochs}  step {step}/{total}  loss {loss:.4f}  acc1 {acc1:.2f}  "
+              f"{seen * self.env.world_size / elapsed:.0f} img/s  epoch ETA {_clock(epoch_eta)}  "
+              f"run ETA {_clock(run_eta)}", flush=True)
+
+
+def _spike_scalars(test: dict) -> dict:
+    """TensorBoard scalars of --spike-stats, grouped under spikes/."""
+    scalars = {f"spikes/{name or 'model'}": rate for name, rate in test["firing_rates"].items()}
+    for key in ("synops_per_sample", "macs_per_sample", "energy_uJ_per_sample"):
+        if key in test:
+            scalars[f"spikes/{key}"] = test[key]
+    return scalars
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def seed_epoch(seed: int, epoch: int) -> None:
@@ -133,14 +170,22 @@ def train_one_epoch(model: nn.Module, loader, optimizer, task: Task, ctx: Contex
             output = model(images)
             loss = task.train_loss(output, target)
         optimizer.zero_grad(set_to_none=True)
+        clip = ctx.args.clip_grad
         if ctx.scaler is not None:
             ctx.scaler.scale(loss).backward()
+            if clip is not None:
+                ctx.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                dispatch_clip_grad(model.parameters(), clip, mode="norm")
             ctx.scaler.step(optimizer)
             ctx.scaler.update()
         else:
             loss.backward()
+            if clip is not None:
+                dispatch_clip_grad(model.parameters(), clip, mode="norm")
             optimizer.step()
         functional.reset_net(model)
+        if ctx.ema is not None:
+            ctx.ema.update(ctx.ema_source)
 
         n = images.shape[0]
         seen += n
@@ -150,7 +195,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer, task: Task, ctx: Contex
             correct += (task.scores(output).argmax(-1) == hard).sum()
         if step % ctx.args.print_freq == 0:  # the only host syncs in the loop
             _check_finite(ctx, loss_sum, epoch)
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc1=f"{100 * correct.item() / seen:.2f}")
+            loss_now, acc_now = loss_sum.item() / seen, 100 * correct.item() / seen
+            bar.set_postfix(loss=f"{loss_now:.4f}", acc1=f"{acc_now:.2f}")
+            ctx.progress(epoch, step, len(loader), loss_now, acc_now, seen, time.perf_counter() - start)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     elapsed = time.perf_counter() - start
@@ -163,30 +210,51 @@ def train_one_epoch(model: nn.Module, loader, optimizer, task: Task, ctx: Contex
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, task: Task, ctx: Context, num_classes: int) -> dict:
-    """Exact test metrics in fp32: per-rank sums of loss, top-1 and top-5 hits and samples, added over ranks."""
+def evaluate(model: nn.Module, loader, task: Task, ctx: Context, num_classes: int, spike_stats: bool = False) -> dict:
+    """Exact test metrics in fp32: per-rank sums of loss, top-1 and top-5 hits and samples, added over ranks.
+
+    With `spike_stats`, also every spiking layer's firing rate over the test set and the
+    synaptic operations and energy per sample of the first batch (common.spike_stats).
+    """
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # loss, top1, top5, samples
     k = min(5, num_classes)
-    for batch in ctx.bar(loader, len(loader), "test"):
-        images, target = _to_device(batch, ctx, task)
-        # fp32 whatever --amp says, as the original scripts evaluated: test numbers do not
-        # depend on the training precision.
-        output = model(images)
-        loss = task.eval_loss(output, target)
-        functional.reset_net(model)
-        scores = task.scores(output).float()
-        topk = scores.topk(k, dim=-1).indices
-        hits = topk == target[:, None]
-        n = target.shape[0]
-        sums += torch.stack([loss.double() * n, hits[:, 0].sum().double(), hits.any(-1).sum().double(),
-                             sums.new_tensor(n)])
+    rates = spike_stats_mod.FiringRates(model) if spike_stats else contextlib.nullcontext()
+    operations = None
+    with rates:
+        for batch in ctx.bar(loader, len(loader), "test"):
+            images, target = _to_device(batch, ctx, task)
+            if spike_stats and operations is None:
+                rates.paused = True
+                operations = spike_stats_mod.operations_per_sample(model, images)
+                rates.paused = False
+            _evaluate_batch(model, images, target, task, sums, k)
     loss, top1, top5, n = D.all_reduce_sum(ctx.env, sums).tolist()
     n_safe = max(n, 1.0)
     metrics = {"loss": loss / n_safe, "acc1": 100.0 * top1 / n_safe, "samples": int(n)}
     if num_classes >= 5:
         metrics["acc5"] = 100.0 * top5 / n_safe
+    if spike_stats:
+        metrics["firing_rates"] = rates.rates(ctx.env, ctx.device)
+        metrics.update(operations or {})
     return metrics
+
+
+def _evaluate_batch(model, images, target, task: Task, sums: torch.Tensor, k: int) -> None:
+    """Add one batch's loss, top-1 and top-k hits and count to `sums`.
+
+    fp32 whatever --amp says, as the original scripts evaluated: test numbers do not depend
+    on the training precision.
+    """
+    output = model(images)
+    loss = task.eval_loss(output, target)
+    functional.reset_net(model)
+    scores = task.scores(output).float()
+    topk = scores.topk(k, dim=-1).indices
+    hits = topk == target[:, None]
+    n = target.shape[0]
+    sums += torch.stack([loss.double() * n, hits[:, 0].sum().double(), hits.any(-1).sum().double(),
+                         sums.new_tensor(n)])
 
 
 def _build_optimizer(args: Namespace, model: nn.Module):
@@ -195,8 +263,17 @@ def _build_optimizer(args: Namespace, model: nn.Module):
     return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
 
+def strict_json(record: dict) -> str:
+    """JSON that every parser reads: NaN and infinities become null (with a warning on stderr)."""
+    bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        print(f"warning: {', '.join(bad)} not finite; written as null.", file=sys.stderr, flush=True)
+        record = {k: (None if k in bad else v) for k, v in record.items()}
+    return json.dumps(record)
+
+
 def _print_json(record: dict) -> None:
-    print(json.dumps(record), flush=True)
+    print(strict_json(record), flush=True)
 
 
 def run(task_for: Callable[[Namespace], Task] | Task, args: Namespace) -> dict:
@@ -273,7 +350,10 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt
         raise UserError(f"--device {args.device} was asked for, but this machine has no CUDA GPU; use --device cpu.")
     if args.amp is None:
         args.amp = device.type == "cuda"
-    amp_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if args.amp else None
+    amp_dtype = None
+    if args.amp:
+        amp_dtype = getattr(torch, args.amp_dtype) if args.amp_dtype else (
+            torch.float16 if device.type == "cuda" else torch.bfloat16)
     ctx = Context(args, env, device, amp_dtype)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not args.deterministic
@@ -298,6 +378,10 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt
         ctx.scaler = torch.amp.GradScaler(device.type)
     start_epoch, best_acc1, last_acc1, run_dir, resumed_from = _starting_point(task, model, optimizer, ctx, ckpt)
     scheduler = _cosine_schedule(optimizer, args, start_epoch)
+    if args.model_ema:
+        ctx.ema, ctx.ema_source = ModelEmaV3(model, decay=args.model_ema_decay), model
+        if ckpt is not None and ckpt.model_ema is not None:
+            load_state_dict_checked(ctx.ema.module, ckpt.model_ema, ckpt.path, "model_ema")
 
     summary = {"run_dir": str(run_dir), "epochs_done": start_epoch,
                "best_test_acc1": best_acc1, "last_test_acc1": last_acc1}
@@ -305,6 +389,7 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt
         if env.is_main:
             print(f"{run_dir}: all {args.epochs} epochs are done; nothing to train.", flush=True)
             _print_json(summary)
+            runlog.write_summary(run_dir, strict_json(summary))
         return summary
 
     if args.sync_bn and env.enabled:
@@ -312,6 +397,8 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt
     train_model = model
     if env.enabled:
         train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if args.compile:
+        train_model = torch.compile(train_model)  # evaluation and checkpoints use the plain model
     train_loader = make_loader(data.train, batch_size, args.workers, True, env, args.seed,
                                pin_memory=device.type == "cuda", drop_last=args.drop_last)
     if len(train_loader) == 0:
@@ -322,21 +409,28 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt
     if env.is_main:
         runlog.write_args(run_dir, args, resumed_from, task.name)
         writer = runlog.open_writer(run_dir, start_epoch)
+        runlog.truncate_metrics(run_dir, start_epoch)  # a resumed run rewrites the epochs it replays
         print(f"run directory: {run_dir} (epoch {start_epoch + 1} of {args.epochs})", flush=True)
 
     stop_at = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
     try:
         for epoch in range(start_epoch, stop_at):
             seed_epoch(args.seed, epoch)
-            train_loader.dataset.set_epoch(epoch)
-            if hasattr(train_loader.sampler, "set_epoch"):
-                train_loader.sampler.set_epoch(epoch)
+            train_loader.sampler.set_epoch(epoch)
             task_scalars = task.on_epoch_start(model, epoch, args) if task.on_epoch_start else {}
+            scheduler.at_epoch_start(epoch)
             lr = optimizer.param_groups[0]["lr"]
+            ctx.epochs_after = stop_at - epoch - 1
             train = train_one_epoch(train_model, train_loader, optimizer, task, ctx, epoch, data.batch_transform)
             D.broadcast_buffers(env, model)  # evaluate, on every rank, the model rank 0 saves
-            test = evaluate(model, test_loader, task, ctx, data.num_classes)
-            scheduler.step()
+            eval_start = time.perf_counter()
+            test = evaluate(model, test_loader, task, ctx, data.num_classes, spike_stats=args.spike_stats)
+            ctx.eval_time_s = time.perf_counter() - eval_start
+            ema_test = None
+            if ctx.ema is not None:
+                D.broadcast_buffers(env, ctx.ema.module)
+                ema_test = evaluate(ctx.ema.module, test_loader, task, ctx, data.num_classes)
+            scheduler.after_epoch()
             last_acc1 = test["acc1"]
             is_best = best_acc1 is None or test["acc1"] > best_acc1
             best_acc1 = test["acc1"] if is_best else best_acc1
@@ -346,9 +440,16 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt
                            "train/epoch_time_s": train["epoch_time_s"], **task_scalars}
                 if "acc5" in test:
                     scalars["test/acc5"] = test["acc5"]
+                if ema_test is not None:
+                    scalars.update({f"test_ema/{k}": v for k, v in ema_test.items() if k != "samples"})
+                if args.spike_stats:
+                    scalars.update(_spike_scalars(test))
+                    for name, image in spike_stats_mod.psn_weight_images(model, args.T).items():
+                        writer.add_image(f"psn_weight/{name}", image, epoch)
                 for tag, value in scalars.items():
                     writer.add_scalar(tag, value, epoch)
                 writer.flush()
+                runlog.append_metrics(run_dir, strict_json({"epoch": epoch, **scalars}))
                 state = _checkpoint_state(model, optimizer, scheduler, ctx, epoch, best_acc1, last_acc1, args, task)
                 save_checkpoint(state, run_dir / runlog.LATEST)
                 if is_best:
@@ -358,6 +459,8 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt
                       f"{train['images_per_s']:.0f} img/s  {train['epoch_time_s']:.1f} s", flush=True)
             D.barrier(env)
             summary.update(epochs_done=epoch + 1, best_test_acc1=best_acc1, last_test_acc1=last_acc1)
+            if ema_test is not None:
+                summary["last_test_ema_acc1"] = ema_test["acc1"]
     except UserError as e:  # bad data met mid-run (an unreadable image, say): say how to go on
         latest = run_dir / runlog.LATEST
         how = (f"its last checkpoint is intact: fix the cause, then continue with --resume {latest}"
@@ -368,6 +471,7 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt
             writer.close()
     if env.is_main:
         _print_json(summary)
+        runlog.write_summary(run_dir, strict_json(summary))
     return summary
 
 
@@ -375,32 +479,60 @@ def _test_only(model, test_loader, task: Task, ctx: Context, num_classes: int, c
     load_model_weights(model, ckpt)
     if task.check_loaded is not None:
         task.check_loaded(model, ctx.args)
-    metrics = evaluate(model, test_loader, task, ctx, num_classes)
+    metrics = evaluate(model, test_loader, task, ctx, num_classes, spike_stats=ctx.args.spike_stats)
     record = {"test_acc1": metrics["acc1"], "test_loss": metrics["loss"], "samples": metrics["samples"]}
     if "acc5" in metrics:
         record["test_acc5"] = metrics["acc5"]
+    if ctx.args.spike_stats:
+        record.update({k: metrics[k] for k in ("synops_per_sample", "macs_per_sample", "energy_uJ_per_sample")
+                       if k in metrics})
+        record["firing_rates"] = metrics["firing_rates"]
     if ctx.env.is_main:
         _print_json(record)
     return record
 
 
-def _cosine_schedule(optimizer, args: Namespace, start_epoch: int):
-    """Cosine annealing per epoch over --cos-lr-T (default --epochs), at `start_epoch`.
+class Schedule:
+    """The learning rate per epoch: torch's CosineAnnealingLR (the paper's), or with --warmup-epochs
+    timm's CosineLRScheduler, whose rate is a function of the epoch (set at each epoch's start)."""
+
+    def __init__(self, optimizer, args: Namespace, start_epoch: int):
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr
+            group.pop("initial_lr", None)
+        period = args.cos_lr_T or args.epochs
+        self.timm = None
+        if args.warmup_epochs:
+            self.timm = CosineLRScheduler(optimizer, t_initial=period, warmup_t=args.warmup_epochs,
+                                          warmup_lr_init=args.warmup_lr, t_in_epochs=True)
+            return
+        self.torch = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=period)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # stepping the schedule without optimizer steps is the point here
+            for _ in range(start_epoch):
+                self.torch.step()
+
+    def at_epoch_start(self, epoch: int) -> None:
+        if self.timm is not None:
+            self.timm.step(epoch)
+
+    def after_epoch(self) -> None:
+        if self.timm is None:
+            self.torch.step()
+
+    def state_dict(self) -> dict:
+        return (self.timm or self.torch).state_dict()
+
+
+def _cosine_schedule(optimizer, args: Namespace, start_epoch: int) -> Schedule:
+    """The schedule at `start_epoch`.
 
     A resumed run replays the schedule from --lr up to its epoch rather than loading the
     saved one: the learning rate is a function of the epoch and this command's settings,
     so a run stopped after any epoch (`--stop-after`, or a first `--epochs 1`) continues
     exactly as the uninterrupted run would have.
     """
-    for group in optimizer.param_groups:
-        group["lr"] = args.lr
-        group.pop("initial_lr", None)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.cos_lr_T or args.epochs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # stepping the schedule without optimizer steps is the point here
-        for _ in range(start_epoch):
-            scheduler.step()
-    return scheduler
+    return Schedule(optimizer, args, start_epoch)
 
 
 def _starting_point(task: Task, model, optimizer, ctx: Context, ckpt):
@@ -472,6 +604,7 @@ def _checkpoint_state(model, optimizer, scheduler, ctx: Context, epoch, best_acc
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": scheduler.state_dict(),
         "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None,
+        "model_ema": ctx.ema.module.state_dict() if ctx.ema is not None else None,
         "epoch": epoch,
         "best_acc1": best_acc1,
         "args": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))

@@ -1,5 +1,6 @@
 """Run directories: one per run, holding args.txt, TensorBoard events and the checkpoints."""
 import json
+import os
 import shlex
 import sys
 from argparse import Namespace
@@ -47,3 +48,39 @@ def open_writer(run_dir: Path, start_epoch: int):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(run_dir), purge_step=start_epoch if start_epoch > 0 else None)
+
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def truncate_metrics(run_dir: Path, start_epoch: int) -> None:
+    """Keep the metrics of epochs before `start_epoch`: a resumed run appends from there, never twice."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("epoch", start_epoch) < start_epoch:
+                kept.append(line)
+        except (ValueError, AttributeError):
+            continue  # a line cut by a kill: the epoch is replayed
+    _atomic_write(path, "".join(f"{line}\n" for line in kept))
+
+
+def append_metrics(run_dir: Path, line: str) -> None:
+    """metrics.jsonl: one JSON object per epoch with every scalar logged to TensorBoard."""
+    with (Path(run_dir) / METRICS).open("a") as f:
+        f.write(line + "\n")
+
+
+def write_summary(run_dir: Path, text: str) -> None:
+    """summary.json: the run's final JSON line, written atomically."""
+    _atomic_write(Path(run_dir) / SUMMARY, text + "\n")

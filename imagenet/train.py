@@ -25,10 +25,11 @@ from imagenet.models import MODELS  # noqa: E402
 
 def parse_args(argv=None):
     p = cli.build_parser(__doc__.splitlines()[0], epochs=320, batch_size=32, opt="sgd", lr=0.1, momentum=0.9,
-                         weight_decay=0.0, T=4, cos_lr_T=320, workers=16, print_freq=100, drop_last=False,
+                         weight_decay=0.0, T=4, cos_lr_T=320, workers=min(16, cli.available_cpus()), print_freq=100, drop_last=False,
                          data_dir="./data/ImageNet", output_dir="./runs/imagenet")
-    p.add_argument("--model", choices=sorted(MODELS), default="sew_resnet18")
-    p.add_argument("--neuron", "-neu", choices=[*NEURON_NAMES, *NEURON_ALIASES], default="psn")
+    p.add_argument("--model", choices=sorted(MODELS), default="sew_resnet18", help="SEW ResNet depth")
+    p.add_argument("--neuron", "-neu", choices=[*NEURON_NAMES, *NEURON_ALIASES], default="psn",
+                   help="spiking neuron (the original names work too)")
     p.add_argument("--order", "-P", dest="order", type=int, default=None, help="k of a masked or sliding PSN")
     p.add_argument("--tet", action=argparse.BooleanOptionalAction, default=True,
                    help="TET loss (mean over steps of the cross-entropy); off: cross-entropy of the mean logits")

@@ -32,7 +32,8 @@ def parse_args(argv=None):
     p.set_defaults(channels=128)
     p.add_argument("--num-classes", "-class-num", dest="num_classes", type=int, choices=[10, 100], default=10,
                    help="CIFAR-10 or CIFAR-100")
-    p.add_argument("--neuron", "-neu", choices=[*NEURON_NAMES, *NEURON_ALIASES], default="psn")
+    p.add_argument("--neuron", "-neu", choices=[*NEURON_NAMES, *NEURON_ALIASES], default="psn",
+                   help="spiking neuron (the original names work too)")
     p.add_argument("--order", "-P", dest="order", type=int, default=32, help="k of the masked and sliding PSN")
     p.add_argument("--exp-init", "-exp-init", dest="exp_init", action="store_true",
                    help="sliding PSN weights start as (..., 1/4, 1/2, 1) instead of Kaiming uniform")
@@ -76,7 +77,7 @@ def run_name(args) -> str:
 
 def build_data(args):
     name = "digits" if args.dataset == "digits" else f"cifar{args.num_classes}"
-    return build_cifar(name, args.data_dir, args.download)
+    return build_cifar(name, args.data_dir, args.download, args.augment)
 
 
 def build_model(args, num_classes):

@@ -1,0 +1,109 @@
+"""Spike statistics of a network on the test set (`--spike-stats`): what SNN papers report.
+
+- Firing rate of every spiking layer: the mean of its output spikes over all test samples,
+  time steps and neurons, from forward hooks (exact sums, added over DDP ranks).
+- Synaptic operations and MACs per sample, counted by SpikingJelly's own counters
+  (`SynOpCounter`: spike-driven matrix products and convolutions, one accumulate per
+  non-zero input; `MACCounter`: products whose inputs are not spikes, such as the first
+  convolution on the image and the PSN's time mixing) on one test batch, with the fused
+  kernels off so every product is visible to them.
+- An energy estimate per sample from those counts with the costs SpikingJelly's
+  `SimpleEnergyCostConfig` uses by default (Horowitz 2014, 45 nm, fp32): 0.9 pJ per
+  accumulate, 4.6 pJ per multiply-accumulate. Memory traffic is not in this figure.
+- Each PSN-family layer's effective [T, T] weight matrix, as a TensorBoard image.
+"""
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import base
+
+from common import distributed as D
+from common.neurons import PSN, MaskedPSN, SlidingPSN
+
+E_AC_PJ, E_MAC_PJ = 0.9, 4.6  # SpikingJelly's SimpleEnergyCostConfig.fp32()
+
+
+def spiking_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules that emit spikes: SpikingJelly's stateful neurons and the PSN family (which holds no
+    state between calls but follows the same protocol)."""
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (PSN, MaskedPSN, SlidingPSN)) or (
+                isinstance(module, base.MemoryModule) and hasattr(module, "surrogate_function")):
+            layers[name] = module
+    return layers
+
+
+class FiringRates:
+    """Forward hooks summing each spiking layer's output: `with FiringRates(model) as rates: ...`."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = spiking_layers(model)
+        self.sums = {name: torch.zeros(2, dtype=torch.float64) for name in self.layers}  # spikes, elements
+        self.handles = []
+        self.paused = False  # other passes (the operation count) must not count twice
+
+    def _hook(self, name):
+        def record(module, inputs, output):
+            if self.paused:
+                return
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            with torch.no_grad():
+                self.sums[name] += torch.stack([out.detach().double().sum().cpu(),
+                                                torch.tensor(float(out.numel()), dtype=torch.float64)])
+        return record
+
+    def __enter__(self):
+        self.handles = [m.register_forward_hook(self._hook(n)) for n, m in self.layers.items()]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+    def rates(self, env: D.DistEnv, device: torch.device) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        stacked = torch.stack(list(self.sums.values())).to(device)
+        stacked = D.all_reduce_sum(env, stacked).cpu()
+        return {name: (s / n if n else 0.0) for name, (s, n) in zip(self.sums, stacked.tolist())}
+
+
+@torch.no_grad()
+def operations_per_sample(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """SynOps, MACs and the energy estimate per sample of one batch, by SpikingJelly's counters."""
+    from spikingjelly.activation_based import functional
+    from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter, SynOpCounter
+
+    from common import kernels
+
+    synops, macs = SynOpCounter(), MACCounter()
+    was_training = model.training
+    model.eval()
+    try:
+        with kernels.enabled(False), DispatchCounterMode([synops, macs]):
+            model(images)
+    finally:
+        functional.reset_net(model)
+        model.train(was_training)
+    n = images.shape[0]
+    synops_per, macs_per = synops.get_total() / n, macs.get_total() / n
+    return {"synops_per_sample": synops_per, "macs_per_sample": macs_per,
+            "energy_uJ_per_sample": (E_AC_PJ * synops_per + E_MAC_PJ * macs_per) * 1e-6}
+
+
+def psn_weight_images(model: nn.Module, T: int) -> dict[str, torch.Tensor]:
+    """Each PSN-family layer's effective [T, T] weight, scaled to [0, 1], as [1, T, T] images."""
+    images = {}
+    for name, module in model.named_modules():
+        if isinstance(module, MaskedPSN):
+            weight = module.masked_weight()
+        elif isinstance(module, SlidingPSN):
+            weight = module.gen_gemm_weight(T)
+        elif isinstance(module, PSN):
+            weight = module.weight
+        else:
+            continue
+        w = weight.detach().float().cpu()
+        span = (w.max() - w.min()).clamp_min(1e-12)
+        images[name] = ((w - w.min()) / span)[None]
+    return images
