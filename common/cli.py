@@ -106,7 +106,9 @@ def build_parser(description: str, **defaults) -> argparse.ArgumentParser:
     g.add_argument("--device", "-device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="under torchrun each process takes cuda:LOCAL_RANK")
     g.add_argument("--resume", "-resume", default=None, metavar="CHECKPOINT",
-                   help="continue a run from its checkpoint (or start from an original-format one)")
+                   help="continue a run from its checkpoint (or start from an original-format one); 'auto': the "
+                        "run directory these settings name, if it holds a checkpoint, else a new run; an older "
+                        "checkpoint with a new --run-name forks a new run from it")
     g.add_argument("--test-only", action="store_true", help="evaluate --resume's weights on the test set and exit")
     g.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across processes")
     g.add_argument("--channels-last", action="store_true", help="channels-last activations (GPU)")

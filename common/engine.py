@@ -7,6 +7,7 @@ TensorBoard, progress bars, exact metrics, and the final JSON line.
 import contextlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -93,6 +94,7 @@ class Context:
 
     ema: object | None = None  # timm ModelEmaV3 with --model-ema
     ema_source: nn.Module | None = None  # the model it averages (without DDP's wrapper)
+    lock: object | None = None  # runlog.RunLock of the run directory (rank 0)
 
     # Epochs this invocation trains after the current one, and the last evaluation's duration:
     # what the run's ETA adds to the current epoch's.
@@ -287,6 +289,11 @@ def run(task_for: Callable[[Namespace], Task] | Task, args: Namespace) -> dict:
         task_for = (lambda fixed: lambda _args: fixed)(task_for)
     task = task_for(args)
     ckpt = None
+    if args.resume == "auto":  # the same command line for every restart of a cluster job
+        latest = Path(args.output_dir) / (args.run_name or task.run_name(args)) / runlog.LATEST
+        args.resume = str(latest) if latest.is_file() else None
+        if args.test_only and args.resume is None:
+            raise UserError(f"--test-only --resume auto found no {latest}.")
     if args.resume:
         ckpt = read_checkpoint(args.resume)
         if ckpt.layout == "ours":
@@ -294,9 +301,12 @@ def run(task_for: Callable[[Namespace], Task] | Task, args: Namespace) -> dict:
             check_args(args)
             task = task_for(args)
     env, device = D.setup(args.device)
+    ctx_holder = {}
     try:
-        return _run(task, args, env, device, ckpt)
+        return _run(task, args, env, device, ckpt, ctx_holder)
     finally:
+        if "ctx" in ctx_holder and ctx_holder["ctx"].lock is not None:
+            ctx_holder["ctx"].lock.release()
         D.teardown()
 
 
@@ -345,7 +355,7 @@ def _same_kind(value, current) -> bool:
     return type(value) is type(current)
 
 
-def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt) -> dict:
+def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt, holder: dict) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {args.device} was asked for, but this machine has no CUDA GPU; use --device cpu.")
     if args.amp is None:
@@ -355,6 +365,7 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt
         amp_dtype = getattr(torch, args.amp_dtype) if args.amp_dtype else (
             torch.float16 if device.type == "cuda" else torch.bfloat16)
     ctx = Context(args, env, device, amp_dtype)
+    holder["ctx"] = ctx
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not args.deterministic
         torch.backends.cudnn.deterministic = args.deterministic
@@ -451,9 +462,9 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt
                 writer.flush()
                 runlog.append_metrics(run_dir, strict_json({"epoch": epoch, **scalars}))
                 state = _checkpoint_state(model, optimizer, scheduler, ctx, epoch, best_acc1, last_acc1, args, task)
-                save_checkpoint(state, run_dir / runlog.LATEST)
-                if is_best:
+                if is_best:  # first: a kill between the two saves must not lose the best epoch
                     save_checkpoint(state, run_dir / runlog.BEST)
+                save_checkpoint(state, run_dir / runlog.LATEST)
                 print(f"epoch {epoch + 1}/{args.epochs}  train loss {train['loss']:.4f} acc1 {train['acc1']:.2f}  "
                       f"test loss {test['loss']:.4f} acc1 {test['acc1']:.2f} (best {best_acc1:.2f})  "
                       f"{train['images_per_s']:.0f} img/s  {train['epoch_time_s']:.1f} s", flush=True)
@@ -555,18 +566,57 @@ def _starting_point(task: Task, model, optimizer, ctx: Context, ckpt):
             run_dir = ckpt.path.parent
     elif task.init_weights is not None:
         task.init_weights(model, args, env.is_main)
-    if run_dir is None:
-        run_dir = Path(args.output_dir) / (args.run_name or task.run_name(args))
-        problem = None
-        if env.is_main:
-            try:
+    named = Path(args.output_dir) / (args.run_name or task.run_name(args))
+    explicit = getattr(args, "explicit", frozenset())
+    fork = run_dir is not None and ({"output_dir", "run_name"} & explicit) and named.resolve() != run_dir.resolve()
+    new_dir = run_dir is None or fork
+    if new_dir:
+        run_dir = named
+    problem = None
+    if env.is_main:
+        try:
+            if new_dir:
                 runlog.claim_new_run_dir(run_dir)
-            except UserError as e:
-                problem = str(e)
-        problem = D.broadcast_object(env, problem)
-        if problem:
-            raise UserError(problem)
+            ctx.lock = runlog.RunLock(run_dir).claim()
+            if not new_dir:
+                _check_no_rewind(ckpt, run_dir)
+                _restore_missing_best(ckpt, run_dir)
+            runlog.remove_stray_temporaries(run_dir)
+        except UserError as e:
+            problem = str(e)
+    problem = D.broadcast_object(env, problem)
+    if problem:
+        raise UserError(problem)
+    if fork and env.is_main:
+        print(f"forking a new run in {run_dir} from {ckpt.path} (epoch {start_epoch})", flush=True)
     return start_epoch, best_acc1, last_acc1, run_dir, resumed_from
+
+
+def _check_no_rewind(ckpt, run_dir: Path) -> None:
+    """Continuing in a run directory from a checkpoint older than its latest one would overwrite the
+    later epochs (checkpoint_latest, TensorBoard, metrics.jsonl): refused, with the way to fork."""
+    latest = run_dir / runlog.LATEST
+    if ckpt.path.resolve() == latest.resolve() or not latest.is_file():
+        return
+    newer = read_checkpoint(latest)
+    if newer.epoch is not None and ckpt.epoch is not None and newer.epoch > ckpt.epoch:
+        raise UserError(f"Checkpoint {ckpt.path} is from epoch {ckpt.epoch + 1}, but its run's {latest.name} is at "
+                        f"epoch {newer.epoch + 1}: continuing there would rewind the run. Resume {latest}, or give "
+                        "--run-name (or --output-dir) to start a new run from this checkpoint.")
+
+
+def _restore_missing_best(ckpt, run_dir: Path) -> None:
+    """A kill between the two saves of a new best epoch can leave no checkpoint_max: when the checkpoint
+    resumed from holds the best epoch itself, it becomes checkpoint_max again."""
+    best = run_dir / runlog.BEST
+    if best.exists() or ckpt.best_acc1 is None or ckpt.task_state.get("last_acc1") != ckpt.best_acc1:
+        return
+    import shutil
+
+    tmp = run_dir / f".{best.name}.restore.tmp"
+    shutil.copyfile(ckpt.path, tmp)
+    os.replace(tmp, best)
+    print(f"restored {best} from {ckpt.path} (it holds the best epoch)", flush=True)
 
 
 def _per_process_batch(task: Task, args: Namespace, env: D.DistEnv) -> int:

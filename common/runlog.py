@@ -37,7 +37,8 @@ def write_args(run_dir: Path, args: Namespace, resumed_from: str | None, task: s
     settings = {k: v for k, v in vars(args).items() if k != "explicit"}
     record = json.dumps({"task": task, **settings}, sort_keys=True, default=str)
     if resumed_from is None or not path.exists():
-        path.write_text(f"{record}\n{command_line()}\n")
+        origin = f"# started from {resumed_from}\n" if resumed_from is not None else ""
+        path.write_text(f"{origin}{record}\n{command_line()}\n")
     else:
         with path.open("a") as f:
             f.write(f"# resumed from {resumed_from}\n{record}\n{command_line()}\n")
@@ -84,3 +85,73 @@ def append_metrics(run_dir: Path, line: str) -> None:
 def write_summary(run_dir: Path, text: str) -> None:
     """summary.json: the run's final JSON line, written atomically."""
     _atomic_write(Path(run_dir) / SUMMARY, text + "\n")
+
+
+LOCK = ".run.lock"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+class RunLock:
+    """One run per directory: a lock file created exclusively (host and PID inside), removed at exit.
+
+    A lock left by a process that is gone (killed -9, a crashed node on this host) is taken
+    over with a warning; a live one, or one from another host, makes the claim fail.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+        self.held = False
+
+    def claim(self) -> "RunLock":
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                host, _, pid = holder.partition(" ")
+                if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
+                    print(f"warning: {self.path} was left by process {pid}, which is gone; taking it over.",
+                          file=sys.stderr, flush=True)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise UserError(f"Run directory {self.path.parent} is in use by process {pid or '?'} on "
+                                f"{host or '?'} ({self.path}); wait for that run to end, or choose another "
+                                "--output-dir or --run-name.") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me + "\n")
+            self.held = True
+            return self
+        raise UserError(f"Could not claim {self.path}; another run is starting there.")
+
+    def _holder(self) -> str:
+        try:
+            return self.path.read_text().strip()
+        except OSError:
+            return ""
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def remove_stray_temporaries(run_dir: Path) -> list[str]:
+    """Half-written checkpoints of killed saves (`.checkpoint_*.tmp`): only the run holding the lock calls this."""
+    removed = []
+    for tmp in Path(run_dir).glob(".checkpoint_*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp.name)
+    return removed

@@ -119,8 +119,8 @@ def read_args(run_dir: Path) -> dict:
         raise UnreadableRun("its args.txt is not UTF-8 text") from None
     except OSError as e:
         raise UnreadableRun(f"its args.txt cannot be read ({e.strerror})") from None
-    lines = text.splitlines()
-    if not lines or not lines[0].strip():
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]  # "# started from"
+    if not lines:
         raise UnreadableRun("its args.txt is empty")
     first = lines[0].strip()
     if first.startswith("{"):
