@@ -1,0 +1,21 @@
+"""The README's first command, as written there: the paper's network learns digits, every time."""
+import re
+import shlex
+
+from conftest import ROOT, last_json, run_script
+
+
+def readme_quick_start() -> list[str]:
+    block = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    install, train = block.splitlines()[0].split(" && ")
+    assert install == "pip install -r requirements.txt"
+    words = shlex.split(train)
+    assert words[:2] == ["python", "cifar10/train.py"]
+    return words[2:]
+
+
+def test_the_readme_quick_start_learns(tmp_path):
+    # One seed here (about 90 s on 2 cores); the README reports five, measured with this command.
+    out = run_script("cifar10/train.py", *readme_quick_start(), "--seed", 1, "--workers", 0,
+                     "--output-dir", tmp_path)
+    assert last_json(out.stdout)["best_test_acc1"] >= 90.0
