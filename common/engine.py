@@ -22,8 +22,6 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional
 from torch.nn.parallel import DistributedDataParallel
-from timm.scheduler import CosineLRScheduler
-from timm.utils import ModelEmaV3, dispatch_clip_grad
 from tqdm import tqdm
 
 from common import distributed as D
@@ -173,6 +171,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, task: Task, ctx: Contex
             loss = task.train_loss(output, target)
         optimizer.zero_grad(set_to_none=True)
         clip = ctx.args.clip_grad
+        if clip is not None:
+            from timm.utils import dispatch_clip_grad  # timm takes seconds to import: only when used
         if ctx.scaler is not None:
             ctx.scaler.scale(loss).backward()
             if clip is not None:
@@ -390,6 +390,8 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt
     start_epoch, best_acc1, last_acc1, run_dir, resumed_from = _starting_point(task, model, optimizer, ctx, ckpt)
     scheduler = _cosine_schedule(optimizer, args, start_epoch)
     if args.model_ema:
+        from timm.utils import ModelEmaV3  # timm takes seconds to import: only when used
+
         ctx.ema, ctx.ema_source = ModelEmaV3(model, decay=args.model_ema_decay), model
         if ckpt is not None and ckpt.model_ema is not None:
             load_state_dict_checked(ctx.ema.module, ckpt.model_ema, ckpt.path, "model_ema")
@@ -514,6 +516,8 @@ class Schedule:
         period = args.cos_lr_T or args.epochs
         self.timm = None
         if args.warmup_epochs:
+            from timm.scheduler import CosineLRScheduler  # timm takes seconds to import: only when used
+
             self.timm = CosineLRScheduler(optimizer, t_initial=period, warmup_t=args.warmup_epochs,
                                           warmup_lr_init=args.warmup_lr, t_in_epochs=True)
             return

@@ -2,6 +2,8 @@
 import re
 import shlex
 
+import pytest
+
 from conftest import ROOT, last_json, run_script
 
 
@@ -14,6 +16,7 @@ def readme_quick_start() -> list[str]:
     return words[2:]
 
 
+@pytest.mark.slow  # 2.5 minutes on 2 cores: python -m pytest -m slow
 def test_the_readme_quick_start_learns(tmp_path):
     # One seed here (about 90 s on 2 cores); the README reports five, measured with this command.
     out = run_script("cifar10/train.py", *readme_quick_start(), "--seed", 1, "--workers", 0,

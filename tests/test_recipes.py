@@ -144,3 +144,26 @@ def test_an_old_glif_checkpoint_resumes_as_the_spikingjelly_neuron_it_was_traine
     args = seq.parse_args(["--resume", "new.pth"])
     adopt_checkpoint_settings(args, new, seq.task_for(args))
     assert args.neuron == "glif"
+
+
+def test_dvs_init_draws_what_the_original_draws_under_one_seed():
+    """The original's VGGPSN, transcribed as plain torch modules in its construction order
+    (conv + BN per layer, the classifier's Linear last, then He-normal on every conv)."""
+    from cifar10dvs.models import VGGSlidingPSN
+
+    torch.manual_seed(7)
+    ours = VGGSlidingPSN()
+    torch.manual_seed(7)
+    convs, channels = [], 2
+    for width in (64, 128, 256, 256, 512, 512, 512, 512):
+        convs.append(torch.nn.Conv2d(channels, width, 3, 1, 1))
+        torch.nn.BatchNorm2d(width)
+        channels = width
+    linear = torch.nn.Linear(512 * 3 * 3, 10)
+    for conv in convs:
+        torch.nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    our_convs = [m for m in ours.modules() if isinstance(m, torch.nn.Conv2d)]
+    for mine, theirs in zip(our_convs, convs):
+        assert torch.equal(mine.weight, theirs.weight) and torch.equal(mine.bias, theirs.bias)
+    our_linear = [m for m in ours.modules() if isinstance(m, torch.nn.Linear)][0]
+    assert torch.equal(our_linear.weight, linear.weight) and torch.equal(our_linear.bias, linear.bias)
