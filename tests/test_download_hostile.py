@@ -3,17 +3,18 @@
 Every case must end with one `error:` line and exit 2, with nothing written outside
 --dest and no half-renamed file.
 """
+import contextlib
 import hashlib
+import io
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from types import SimpleNamespace
+
 import pytest
 
-from conftest import run_script
-
-SCRIPT = "scripts/download_checkpoints.py"
 ARTICLE = 24454912
 
 
@@ -72,7 +73,17 @@ def hostile():
 
 
 def fetch(server, dest, *extra):
-    return run_script(SCRIPT, "--api", server.url, "--dest", dest, *extra, check=False, timeout=120)
+    """The downloader's main() in this process (it is what the command line runs), its exit status and
+    output captured: no interpreter start per case."""
+    from scripts import download_checkpoints
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = download_checkpoints.main(["--api", server.url, "--dest", str(dest), *map(str, extra)])
+        except SystemExit as e:  # argparse's own errors
+            code = e.code
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def fails_cleanly(out, *fragments):

@@ -123,10 +123,15 @@ def test_explicit_flags_win_unless_they_contradict_the_model():
 
 
 def test_test_only_takes_the_model_from_our_checkpoint(tmp_path):
-    run_script("cifar10/train.py", *QUICK, "--epochs", 1, "--output-dir", tmp_path, "--run-name", "r")
+    from cifar10 import train as cifar10
+    from cifar10.models import CIFAR10Net
+    from common.checkpoint import FORMAT
+
+    args = {k: v for k, v in vars(cifar10.parse_args(QUICK)).items() if k != "explicit"}
+    torch.save({"format": FORMAT, "model": CIFAR10Net(8, 4).state_dict(), "epoch": 0, "best_acc1": 10.0,
+                "args": args, "task_state": {}}, tmp_path / "c8.pth")
     bare = ["--dataset", "digits", "--workers", "0", "--device", "cpu"]  # no --channels 8
-    record = last_json(run_script("cifar10/train.py", *bare, "--test-only", "--resume",
-                                  tmp_path / "r" / "checkpoint_latest.pth").stdout)
+    record = last_json(run_script("cifar10/train.py", *bare, "--test-only", "--resume", tmp_path / "c8.pth").stdout)
     assert record["samples"] == 360
 
 

@@ -114,7 +114,10 @@ def test_psn_refuses_to_stream():
         net(torch.randn(1, 3, 32, 32))
 
 
-@pytest.mark.parametrize("neuron", NEURON_NAMES)
+# Every neuron trains a step above; the command-line epoch runs the PSN family and GLIF by default
+# (about 20 s each), the SpikingJelly baselines with -m slow.
+@pytest.mark.parametrize("neuron", [n if n in ("psn", "masked_psn", "sliding_psn", "glif")
+                                    else pytest.param(n, marks=pytest.mark.slow) for n in NEURON_NAMES])
 def test_one_epoch_digits_run_of_every_neuron(neuron, tmp_path):
     out = run_script(SCRIPT, *QUICK, "--epochs", 1, "--neuron", neuron, "--output-dir", tmp_path)
     record = last_json(out.stdout)
