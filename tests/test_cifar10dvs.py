@@ -186,7 +186,7 @@ def test_dropout_of_the_original_equals_elementwise_dropout():
     assert torch.equal(a, F.dropout(x, 0.25, True))
 
 
-@pytest.mark.parametrize("damage", ["missing_one", "corrupt_one"])
+@pytest.mark.parametrize("damage", [pytest.param("missing_one", marks=pytest.mark.slow), "corrupt_one"])
 def test_without_download_nothing_is_fetched_or_deleted(tmp_path, damage):
     """Damaged or missing archives are reported before SpikingJelly runs, and the user's files stay."""
     from spikingjelly.datasets.cifar10_dvs import CIFAR10DVS

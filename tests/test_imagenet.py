@@ -203,7 +203,8 @@ def test_the_original_command_parses():
     assert (args.opt, args.momentum, args.weight_decay, args.neuron) == ("sgd", 0.9, 0.0, "psn")
 
 
-@pytest.mark.parametrize("workers", ["0", "1"])
+# A loader worker's error is the harder case (its traceback wraps the sentence); in-process with -m slow.
+@pytest.mark.parametrize("workers", [pytest.param("0", marks=pytest.mark.slow), "1"])
 def test_an_unreadable_image_stops_the_run_naming_the_file(image_folder, tmp_path, workers):
     import shutil
 
