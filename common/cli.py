@@ -139,9 +139,9 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value > 0):
             bad.append(f"{flag(name)} must be a positive number")
-    for name in ("momentum", "weight_decay", "label_smoothing", "tet_mse_weight"):
+    for name, upper in (("momentum", 1), ("weight_decay", 1e3), ("label_smoothing", 1), ("tet_mse_weight", 1)):
         value = getattr(args, name, None)
-        if value is not None and not (math.isfinite(value) and 0 <= value < (1 if name != "weight_decay" else 1e3)):
+        if value is not None and not (math.isfinite(value) and 0 <= value < upper):
             bad.append(f"{flag(name)} is out of range")
     if getattr(args, "model_ema_decay", 0.5) is not None and not 0 < getattr(args, "model_ema_decay", 0.5) < 1:
         bad.append("--model-ema-decay must lie between 0 and 1")

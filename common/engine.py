@@ -388,7 +388,7 @@ def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt
     if amp_dtype == torch.float16:
         ctx.scaler = torch.amp.GradScaler(device.type)
     start_epoch, best_acc1, last_acc1, run_dir, resumed_from = _starting_point(task, model, optimizer, ctx, ckpt)
-    scheduler = _cosine_schedule(optimizer, args, start_epoch)
+    scheduler = Schedule(optimizer, args, start_epoch)
     if args.model_ema:
         from timm.utils import ModelEmaV3  # timm takes seconds to import: only when used
 
@@ -507,7 +507,13 @@ def _test_only(model, test_loader, task: Task, ctx: Context, num_classes: int, c
 
 class Schedule:
     """The learning rate per epoch: torch's CosineAnnealingLR (the paper's), or with --warmup-epochs
-    timm's CosineLRScheduler, whose rate is a function of the epoch (set at each epoch's start)."""
+    timm's CosineLRScheduler, whose rate is a function of the epoch (set at each epoch's start).
+
+    A resumed run replays the schedule from --lr up to its epoch rather than loading the
+    saved one: the learning rate is a function of the epoch and this command's settings,
+    so a run stopped after any epoch (`--stop-after`, or a first `--epochs 1`) continues
+    exactly as the uninterrupted run would have.
+    """
 
     def __init__(self, optimizer, args: Namespace, start_epoch: int):
         for group in optimizer.param_groups:
@@ -537,17 +543,6 @@ class Schedule:
 
     def state_dict(self) -> dict:
         return (self.timm or self.torch).state_dict()
-
-
-def _cosine_schedule(optimizer, args: Namespace, start_epoch: int) -> Schedule:
-    """The schedule at `start_epoch`.
-
-    A resumed run replays the schedule from --lr up to its epoch rather than loading the
-    saved one: the learning rate is a function of the epoch and this command's settings,
-    so a run stopped after any epoch (`--stop-after`, or a first `--epochs 1`) continues
-    exactly as the uninterrupted run would have.
-    """
-    return Schedule(optimizer, args, start_epoch)
 
 
 def _starting_point(task: Task, model, optimizer, ctx: Context, ckpt):
