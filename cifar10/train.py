@@ -6,6 +6,7 @@
 The original command runs unchanged:
     python cifar10/train.py -data-dir /datasets/CIFAR10 -amp -opt sgd -channels 256 -epochs 1024 -device cuda:0 -T 4
 """
+import argparse
 import pathlib
 import sys
 
@@ -27,7 +28,10 @@ def parse_args(argv=None):
                          weight_decay=0.0, T=4, output_dir="./runs/cifar10")
     cli.add_cifar_flags(p, ("cifar10", "digits"))
     p.add_argument("--neuron", "-neu", choices=sorted(NEURONS), default="psn", help="spiking neuron (if5: the original name)")
+    # The original script's surrogate flag had one choice, the ATan every PSN here uses: accepted, not kept.
+    p.add_argument("-sg", dest="original_sg", choices=["atan"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    del args.original_sg
     args.neuron = NEURONS[args.neuron]
     return args
 

@@ -8,8 +8,11 @@ original repository's neuron names, and refuses a wrong architecture with the
 missing and unexpected keys named.
 
 Layouts:
-- `ours`: {'format': FORMAT, 'model', 'optimizer', 'lr_scheduler', 'scaler',
-  'epoch' (last finished, 0-based), 'best_acc1' (percent), 'args', 'task_state', 'rng'}
+- `ours`: {'format': FORMAT, 'model', 'optimizer', 'scaler', 'model_ema',
+  'epoch' (last finished, 0-based; -1 before the first), 'step' (batches of the next
+  epoch already trained: a mid-epoch checkpoint when > 0), 'epoch_sums' (that epoch's
+  running loss * n, correct, samples, seconds), 'best_acc1' (percent), 'args',
+  'task_state' (with 'last_acc1'), 'rng' (torch, cuda, python, numpy)}
 - `net` (original cifar10 / sequential_cifar scripts): {'net', 'optimizer',
   'lr_scheduler', 'epoch', 'max_test_acc' (a fraction)}
 - `model_dvs` (original CIFAR10-DVS script): {'model', 'optimizer', 'scheduler',
@@ -20,6 +23,8 @@ Layouts:
 Keys may carry `module.` (DataParallel/DDP) or `_orig_mod.` (torch.compile) prefixes.
 """
 import argparse
+import errno
+import math
 import os
 import pickle
 import tempfile
@@ -53,8 +58,13 @@ def save_checkpoint(obj: dict, path: Path) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"The disk holding {path.parent} is full ({e.strerror}): {path.name} could not be "
+                            "written, and its previous version is kept.") from None
+        if isinstance(e, OSError):
+            raise UserError(f"Could not write {path} ({e.strerror or e}); its previous version is kept.") from None
         raise
 
 
@@ -72,14 +82,25 @@ class Checkpoint:
     layout: str
     state_dict: dict
     optimizer: dict | None = None
-    lr_scheduler: dict | None = None
     scaler: dict | None = None
-    epoch: int | None = None  # last finished epoch, 0-based
+    epoch: int | None = None  # last finished epoch, 0-based (-1: none yet)
     best_acc1: float | None = None  # percent
     args: dict = field(default_factory=dict)
     task_state: dict = field(default_factory=dict)
     rng: dict | None = None
     model_ema: dict | None = None  # --model-ema's averaged weights
+    step: int = 0  # batches of epoch + 1 already trained: > 0 in a mid-epoch checkpoint
+    epoch_sums: list | None = None  # that epoch's running [loss * n, correct, samples, seconds]
+    step_samples: int | None = None  # samples per step (batch size times processes) of the run that wrote it
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(the next epoch to train, its batches already trained): what a resume continues from."""
+        return (0 if self.epoch is None else self.epoch + 1, self.step)
+
+    @property
+    def last_acc1(self) -> float | None:
+        return self.task_state.get("last_acc1")
 
 
 def _is_state_dict(obj) -> bool:
@@ -102,27 +123,138 @@ def read_checkpoint(path) -> Checkpoint:
         raise UserError(f"Checkpoint {path} is not readable (truncated or corrupted?): "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}.") from None
 
+    ckpt = _from_layout(path, raw)
+    problems = _field_problems(ckpt)
+    if problems:
+        raise UserError(f"Checkpoint {path} is damaged or not what it claims to be: {'; '.join(problems)}.")
+    return ckpt
+
+
+def _from_layout(path: Path, raw) -> Checkpoint:
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
-        return Checkpoint(path, "ours", raw["model"], raw.get("optimizer"), raw.get("lr_scheduler"),
-                          raw.get("scaler"), raw.get("epoch"), raw.get("best_acc1"), raw.get("args") or {},
-                          raw.get("task_state") or {}, raw.get("rng"), raw.get("model_ema"))
+        return Checkpoint(path, "ours", raw.get("model"), raw.get("optimizer"), raw.get("scaler"), raw.get("epoch"),
+                          raw.get("best_acc1"), raw.get("args", {}), raw.get("task_state", {}), raw.get("rng"),
+                          raw.get("model_ema"), raw.get("step", 0), raw.get("epoch_sums"), raw.get("step_samples"))
     if isinstance(raw, dict) and "net" in raw and _is_state_dict(raw["net"]):
-        acc = raw.get("max_test_acc")
-        return Checkpoint(path, "net", raw["net"], raw.get("optimizer"), raw.get("lr_scheduler"),
-                          epoch=raw.get("epoch"), best_acc1=None if acc is None else 100.0 * float(acc))
+        return Checkpoint(path, "net", raw["net"], raw.get("optimizer"), epoch=_scalar(raw.get("epoch")),
+                          best_acc1=_percent(_scalar(raw.get("max_test_acc"))))
     if isinstance(raw, dict) and "model" in raw and _is_state_dict(raw["model"]):
         if "args" in raw or "max_test_acc1" in raw:
             args = raw.get("args")
-            return Checkpoint(path, "model_imagenet", raw["model"], raw.get("optimizer"), raw.get("lr_scheduler"),
-                              epoch=raw.get("epoch"), best_acc1=raw.get("max_test_acc1"),
-                              args=vars(args) if isinstance(args, argparse.Namespace) else dict(args or {}))
-        acc = raw.get("best_acc")
-        return Checkpoint(path, "model_dvs", raw["model"], raw.get("optimizer"), raw.get("scheduler"),
-                          epoch=raw.get("epoch"), best_acc1=None if acc is None else float(acc))
+            return Checkpoint(path, "model_imagenet", raw["model"], raw.get("optimizer"),
+                              epoch=_scalar(raw.get("epoch")), best_acc1=_scalar(raw.get("max_test_acc1")),
+                              args=vars(args) if isinstance(args, argparse.Namespace) else args or {})
+        return Checkpoint(path, "model_dvs", raw["model"], raw.get("optimizer"), epoch=_scalar(raw.get("epoch")),
+                          best_acc1=_scalar(raw.get("best_acc")))
     if _is_state_dict(raw):
         return Checkpoint(path, "state_dict", raw)
     keys = list(raw)[:8] if isinstance(raw, dict) else type(raw).__name__
     raise UserError(f"Checkpoint {path} has no layout this project knows (top-level keys: {keys}).")
+
+
+def _scalar(value):
+    """Another program's number, which it may have stored as a one-element tensor."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value
+
+
+def _percent(fraction):
+    """The original cifar scripts stored accuracy as a fraction; a value of another type is left for the checks."""
+    return 100.0 * fraction if _is_number(fraction) else fraction
+
+
+# Sane bounds for what a checkpoint says about its run: an epoch beyond these is damage (and
+# replaying its schedule would never end), not a run.
+MAX_EPOCH = 10**6
+MAX_STEP = 10**9
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _field_problems(ckpt: Checkpoint) -> list[str]:
+    """What is wrong with a checkpoint's fields, each as a short clause; nothing is trusted for its type."""
+    problems = []
+
+    def check(ok: bool, what: str, value) -> None:
+        if not ok:
+            problems.append(f"{what} (found {_show(value)})")
+
+    def accuracy(value) -> bool:
+        return value is None or _is_number(value) and 0 <= value <= 100
+
+    ours = ckpt.layout == "ours"
+    check(_is_state_dict(ckpt.state_dict), "its model must be a state dict (names to tensors)", ckpt.state_dict)
+    check(ckpt.epoch is None and not ours or _is_int(ckpt.epoch) and -1 <= ckpt.epoch < MAX_EPOCH,
+          f"epoch must be an integer from -1 to {MAX_EPOCH - 1}", ckpt.epoch)
+    check(accuracy(ckpt.best_acc1), "the best accuracy must be a percentage", ckpt.best_acc1)
+    check(isinstance(ckpt.args, dict) and all(isinstance(k, str) for k in ckpt.args), "args must be a dict of "
+          "settings", ckpt.args)
+    if not ours:
+        return problems  # another program's optimizer state is tried, and dropped with a warning if it does not fit
+    check(_is_int(ckpt.step) and 0 <= ckpt.step < MAX_STEP, "step must be a non-negative integer", ckpt.step)
+    sums = ckpt.epoch_sums
+    check(sums is None and not ckpt.step or isinstance(sums, (list, tuple)) and len(sums) == 4
+          and all(_is_number(x) and x >= 0 for x in sums), "epoch_sums must be 4 non-negative numbers "
+          "(and are needed mid-epoch)", sums)
+    check(ckpt.step_samples is None and not ckpt.step or _is_int(ckpt.step_samples) and ckpt.step_samples > 0,
+          "step_samples must be a positive integer (and is needed mid-epoch)", ckpt.step_samples)
+    check(isinstance(ckpt.task_state, dict) and all(isinstance(k, str) and (v is None or _is_number(v))
+                                                    for k, v in ckpt.task_state.items()),
+          "task_state must map names to numbers", ckpt.task_state)
+    if isinstance(ckpt.task_state, dict):
+        check(accuracy(ckpt.task_state.get("last_acc1")), "the last accuracy must be a percentage",
+              ckpt.task_state.get("last_acc1"))
+    optimizer = ckpt.optimizer
+    check(optimizer is None or isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+          and isinstance(optimizer.get("param_groups"), list)
+          and all(isinstance(g, dict) for g in optimizer["param_groups"]),
+          "the optimizer state must be a dict with 'state' and 'param_groups'", optimizer)
+    check(ckpt.scaler is None or isinstance(ckpt.scaler, dict) and all(_is_number(v) for v in ckpt.scaler.values()),
+          "the AMP scaler state must map names to numbers", ckpt.scaler)
+    check(ckpt.model_ema is None or _is_state_dict(ckpt.model_ema), "model_ema must be a state dict", ckpt.model_ema)
+    check(ckpt.rng is None or _rng_ok(ckpt.rng), "rng must hold generator states", ckpt.rng)
+    return problems
+
+
+def _rng_ok(rng) -> bool:
+    if not isinstance(rng, dict) or set(rng) - {"torch", "cuda", "python", "numpy"}:
+        return False
+    for key in ("torch", "cuda"):
+        state = rng.get(key)
+        if state is not None and not (isinstance(state, torch.Tensor) and state.dtype == torch.uint8
+                                      and state.dim() == 1):
+            return False
+    python = rng.get("python")
+    if python is not None and not (isinstance(python, (list, tuple)) and len(python) == 3 and _is_int(python[0])
+                                   and isinstance(python[1], (list, tuple)) and len(python[1]) == 625
+                                   and all(_is_int(x) and 0 <= x < 2**32 for x in python[1])
+                                   and (python[2] is None or _is_number(python[2]))):
+        return False
+    numpy = rng.get("numpy")
+    if numpy is not None and not (isinstance(numpy, dict) and isinstance(numpy.get("key"), torch.Tensor)
+                                  and numpy["key"].shape == (624,) and _is_int(numpy.get("pos"))
+                                  and 0 <= numpy["pos"] <= 624 and _is_int(numpy.get("has_gauss"))
+                                  and _is_number(numpy.get("gauss"))):
+        return False
+    return True
+
+
+def _show(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, dict):
+        return f"a dict with keys {list(value)[:5]}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _strip_prefixes(state_dict: dict) -> dict:
@@ -176,11 +308,26 @@ def _list(keys, limit=8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    target = model.module if hasattr(model, "module") else model
+    return getattr(target, "_orig_mod", target)
+
+
+def checkpoint_classes(model: nn.Module, ckpt: Checkpoint, classes: int) -> int:
+    """How many classes the checkpoint's classifier has, where `model` was built for `classes`: the
+    leading size of the tensors where the model has `classes` and the file another size with
+    the same trailing shape (a classifier's weight and bias). `classes` when nothing says otherwise."""
+    sd = _convert_original_neurons(_strip_prefixes(ckpt.state_dict), _unwrapped(model))
+    found = {sd[k].shape[0] for k, v in _unwrapped(model).state_dict().items()
+             if k in sd and v.dim() >= 1 and v.shape[0] == classes and sd[k].dim() == v.dim()
+             and sd[k].shape[0] != classes and sd[k].shape[1:] == v.shape[1:]}
+    return found.pop() if len(found) == 1 else classes
+
+
 def load_model_weights(model: nn.Module, checkpoint) -> Checkpoint:
     """Load a checkpoint (a path or a Checkpoint) into `model`; a mismatch raises UserError naming the keys."""
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else read_checkpoint(checkpoint)
-    target = model.module if hasattr(model, "module") else model
-    target = getattr(target, "_orig_mod", target)
+    target = _unwrapped(model)
     sd = _convert_original_neurons(_strip_prefixes(ckpt.state_dict), target)
     expected = target.state_dict()
     missing = expected.keys() - sd.keys()

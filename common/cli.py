@@ -99,8 +99,6 @@ def build_parser(description: str, **defaults) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument("--T", "-T", dest="T", type=int, default=4, help="time steps")
-    g.add_argument("--surrogate", "-sg", dest="surrogate", choices=["atan"], default="atan",
-                   help="surrogate gradient of the spike function")
 
     g = p.add_argument_group("running")
     g.add_argument("--device", "-device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -119,6 +117,9 @@ def build_parser(description: str, **defaults) -> argparse.ArgumentParser:
                         "on the test set (TensorBoard spikes/, metrics.jsonl, the --test-only JSON)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the training model (the fused PSN kernels stay single custom ops)")
+    g.add_argument("--dist-timeout", type=float, default=10.0, metavar="MINUTES",
+                   help="under torchrun, how long a process waits for the others in a collective before the run ends "
+                        "with an error (a peer that hung or died)")
     g.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop after N epochs of this invocation (split a long run into jobs); resume continues")
     p.set_defaults(**defaults)
@@ -135,7 +136,7 @@ def check_args(args: argparse.Namespace) -> None:
     bad = [f"{flag(name)} must be a positive integer" for name in
            ("epochs", "batch_size", "T", "print_freq", "channels", "stop_after", "cos_lr_T", "order")
            if getattr(args, name, None) is not None and getattr(args, name) < 1]
-    for name in ("lr", "clip_grad", "warmup_lr"):
+    for name in ("lr", "clip_grad", "warmup_lr", "dist_timeout"):
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value > 0):
             bad.append(f"{flag(name)} must be a positive number")

@@ -5,6 +5,7 @@ CIFAR-100 through torchvision, and `digits`, scikit-learn's 8x8 digits scaled to
 32x32 RGB, which needs no download and goes through the same transforms, for
 quick starts and tests.
 """
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -159,22 +160,26 @@ class EpochTagged(Sampler):
     """
 
     def __init__(self, sampler: Sampler):
-        self.sampler, self.epoch = sampler, 0
+        self.sampler, self.epoch, self.skipped = sampler, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         # A loader made anew each epoch drew its workers' base seed from the global generator
         # first: draw it here too, so persistent workers change none of the training's draws.
         _draw_seed()
-        self.epoch = epoch
+        self.epoch, self.skipped = epoch, 0
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
+    def skip(self, count: int) -> None:
+        """Leave out this epoch's first `count` indices (those a mid-epoch checkpoint had trained on)."""
+        self.skipped = min(count, len(self.sampler))
+
     def __iter__(self):
-        epoch = self.epoch
-        return ((epoch, i) for i in self.sampler)
+        epoch, skipped = self.epoch, self.skipped
+        return ((epoch, i) for i in itertools.islice(self.sampler, skipped, None))
 
     def __len__(self) -> int:
-        return len(self.sampler)
+        return len(self.sampler) - self.skipped
 
 
 def build_cifar(name: str, data_dir: str, download: bool, augment: str = "paper") -> DataBundle:

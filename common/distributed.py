@@ -6,6 +6,7 @@ degrades to a single process and no collective is called.
 """
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -28,24 +29,51 @@ class DistEnv:
         return self.rank == 0
 
 
-def setup(device: str) -> tuple[DistEnv, torch.device]:
-    """Read torchrun's environment, join the process group, pick this process's device."""
+# Collectives that wait on rank 0 doing something long first (building the data, which may download
+# and unpack for an hour) use their own group with this timeout, not --dist-timeout's.
+PATIENT_TIMEOUT = timedelta(hours=24)
+_patient_group = None
+
+
+def setup(device: str, timeout_minutes: float = 10.0) -> tuple[DistEnv, torch.device]:
+    """Read torchrun's environment, join the process group, pick this process's device.
+
+    A collective that waits longer than `timeout_minutes` (a peer hung or died) fails, so
+    every process ends within that time instead of waiting forever.
+    """
+    global _patient_group
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return DistEnv(), torch.device(device)
     env = DistEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     dev = torch.device(device)
+    timeout = timedelta(minutes=timeout_minutes)
     if dev.type == "cuda":
         dev = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(dev)
-        dist.init_process_group("nccl", device_id=dev)
+        dist.init_process_group("nccl", device_id=dev, timeout=timeout)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
+    _patient_group = dist.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
     return env, dev
 
 
 def teardown() -> None:
+    global _patient_group
+    _patient_group = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether an exception is a collective that failed: a peer gone, hung past the timeout, or unreachable."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        marker in text for marker in ("gloo", "Gloo", "NCCL", "Connection closed by peer", "Connection reset",
+                                      "Timed out", "timed out", "Broken pipe"))
 
 
 def barrier(env: DistEnv) -> None:
@@ -53,12 +81,14 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-def broadcast_object(env: DistEnv, obj):
-    """Rank 0's value of `obj` on every rank (a decision made once, e.g. a run directory check)."""
+def broadcast_object(env: DistEnv, obj, patient: bool = False):
+    """Rank 0's value of `obj` on every rank (a decision made once, e.g. a run directory check).
+
+    `patient`: the others may wait for hours (rank 0 downloading the data first)."""
     if not env.enabled:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=_patient_group if patient else None)
     return box[0]
 
 

@@ -5,10 +5,13 @@ Everything else lives here: devices and DDP, AMP, checkpoints and resume,
 TensorBoard, progress bars, exact metrics, and the final JSON line.
 """
 import contextlib
+import errno
 import json
 import math
 import os
 import random
+import shutil
+import signal
 import sys
 import time
 import warnings
@@ -27,10 +30,12 @@ from tqdm import tqdm
 from common import distributed as D
 from common import runlog
 from common import spike_stats as spike_stats_mod
-from common.checkpoint import FORMAT, load_model_weights, load_state_dict_checked, read_checkpoint, save_checkpoint
+from common.checkpoint import (FORMAT, checkpoint_classes, load_model_weights, load_state_dict_checked, read_checkpoint,
+                               save_checkpoint)
 from common.cli import check_args
 from common.data import DataBundle, make_loader
 from common.errors import UserError, one_sentence
+from common.stops import RunStopped, StopRequests, resume_command, signal_name
 
 
 @dataclass
@@ -47,9 +52,6 @@ class Task:
     scores: Callable[[torch.Tensor], torch.Tensor] = lambda output: output
     # Called at the start of each epoch with (model, epoch, args); returns scalars to log.
     on_epoch_start: Callable[[nn.Module, int, Namespace], dict] | None = None
-    # Task state saved in and restored from checkpoints (e.g. the masked PSN's lambda).
-    state: Callable[[nn.Module], dict] = lambda model: {}
-    prepare_input: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
     # True when --batch-size is the total over all processes (CIFAR10-DVS), not per process.
     global_batch: bool = False
     # Called on a new run's fresh model before training (e.g. ImageNet's --load of ANN weights).
@@ -63,13 +65,16 @@ class Task:
     legacy_args: dict = field(default_factory=dict)
     # Rewrites the recorded settings of a checkpoint from before a change of meaning (ckpt -> None).
     upgrade_checkpoint: Callable | None = None
+    # The model-defining settings an original-layout state dict determines, from its keys and shapes
+    # ({'channels': 256, 'T': 4}, say): --resume / --test-only of those files need no model flags.
+    infer_model_args: Callable[[dict], dict] | None = None
 
 
 # Settings of one invocation, not of the run: never taken from a checkpoint.
 INVOCATION_ARGS = frozenset({
     "data_dir", "output_dir", "run_name", "workers", "print_freq", "device", "resume", "test_only", "sync_bn",
     "channels_last", "deterministic", "stop_after", "download", "streaming", "cache_dataset", "cache_dir", "tb",
-    "load", "explicit", "spike_stats", "compile"})
+    "load", "explicit", "spike_stats", "compile", "dist_timeout"})
 # Every run before --drop-last existed dropped the last partial batch.
 LEGACY_ARGS = {"drop_last": True}
 
@@ -78,37 +83,55 @@ class TrainingDiverged(UserError):
     pass
 
 
+class PeerLost(UserError):
+    """A DDP peer died or hung: not the user's doing, but as clear an end."""
+
+    exit_code = 1
+
+
+def _resume_hint(ctx: "Context") -> str:
+    state = ctx.state
+    if state is None or not ctx.env.is_main or not (state.run_dir / runlog.LATEST).is_file():
+        return ""
+    return f" Resume with: {resume_command(state.run_dir / runlog.LATEST)}"
+
+
 @dataclass
 class Context:
+    """What one invocation runs with: settings, processes, device, precision, and the run's helpers."""
+
     args: Namespace
     env: D.DistEnv
     device: torch.device
     amp_dtype: torch.dtype | None
     scaler: torch.amp.GradScaler | None = None
-    extra: dict = field(default_factory=dict)
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
-
     ema: object | None = None  # timm ModelEmaV3 with --model-ema
     ema_source: nn.Module | None = None  # the model it averages (without DDP's wrapper)
-    lock: object | None = None  # runlog.RunLock of the run directory (rank 0)
+    lock: runlog.RunLock | None = None  # of the run directory (rank 0)
+    stops: StopRequests = field(default_factory=StopRequests)
+    state: "RunState | None" = None  # where the run stands, once its start is known
 
     # Epochs this invocation trains after the current one, and the last evaluation's duration:
     # what the run's ETA adds to the current epoch's.
     epochs_after: int = 0
     eval_time_s: float = 0.0
 
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
     def bar(self, iterable, total, desc):
         # Rank 0 only, and only on a terminal; elsewhere (clusters, nohup) `progress` prints lines.
         quiet = not (self.env.is_main and sys.stdout.isatty())
         return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, disable=quiet)
 
-    def progress(self, epoch: int, step: int, total: int, loss: float, acc1: float, seen: int, elapsed: float):
-        """One line every --print-freq steps when stdout is not a terminal (rank 0): a run's heartbeat."""
+    def progress(self, epoch: int, step: int, total: int, loss: float, acc1: float, seen: int, done: int,
+                 elapsed: float):
+        """One line every --print-freq steps when stdout is not a terminal (rank 0): a run's heartbeat.
+
+        `seen` samples in `elapsed` seconds over the steps after `done` (those this invocation ran)."""
         if not self.env.is_main or sys.stdout.isatty():
             return
-        per_step = elapsed / step
+        per_step = elapsed / max(step - done, 1)
         epoch_eta = per_step * (total - step)
         run_eta = epoch_eta + self.eval_time_s + self.epochs_after * (per_step * total + self.eval_time_s)
         print(f"epoch {epoch + 1}/{self.args.epochs}  step {step}/{total}  loss {loss:.4f}  acc1 {acc1:.2f}  "
@@ -139,76 +162,134 @@ def seed_epoch(seed: int, epoch: int) -> None:
     np.random.seed(s % 2**32)
 
 
-def _to_device(batch, ctx: Context, task: Task):
+@dataclass
+class RunState:
+    """Where a run stands: every checkpoint holds it, and a resume reads it back."""
+
+    run_dir: Path
+    epoch: int = 0  # the next epoch to train, 0-based
+    step: int = 0  # batches of that epoch already trained (> 0 after a mid-epoch checkpoint)
+    epoch_sums: list | None = None  # that epoch's running [loss * n, correct, samples, seconds] at `step`
+    best_acc1: float | None = None
+    last_acc1: float | None = None
+    resumed_from: str | None = None  # the checkpoint this invocation started from
+
+    def finish_epoch(self, test_acc1: float) -> bool:
+        """Record an evaluated epoch; True when it is the best so far."""
+        is_best = self.best_acc1 is None or test_acc1 > self.best_acc1
+        self.best_acc1 = test_acc1 if is_best else self.best_acc1
+        self.last_acc1 = test_acc1
+        self.epoch, self.step, self.epoch_sums = self.epoch + 1, 0, None
+        return is_best
+
+    @property
+    def summary(self) -> dict:
+        return {"run_dir": str(self.run_dir), "epochs_done": self.epoch, "best_test_acc1": self.best_acc1,
+                "last_test_acc1": self.last_acc1}
+
+
+def _to_device(batch, ctx: Context):
     images, target = batch
-    images = task.prepare_input(images.to(ctx.device, non_blocking=True))
+    images = images.to(ctx.device, non_blocking=True)
     if ctx.args.channels_last and images.dim() == 4:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, target.to(ctx.device, non_blocking=True)
 
 
-def _check_finite(ctx: Context, loss_sum: torch.Tensor, epoch: int) -> None:
-    bad = torch.tensor([0.0 if math.isfinite(loss_sum.item()) else 1.0], dtype=torch.float64, device=ctx.device)
-    if D.all_reduce_sum(ctx.env, bad).item() > 0:
+def _sync_point(ctx: Context, loss_sum: torch.Tensor, epoch: int) -> bool:
+    """Where the processes agree, in one collective, that the loss is finite and whether to stop now
+    (a stop signal reached any of them). Raises TrainingDiverged on a NaN or infinite loss."""
+    flags = torch.tensor([0.0 if math.isfinite(loss_sum.item()) else 1.0, float(ctx.stops.requested)],
+                         dtype=torch.float64, device=ctx.device)
+    bad, stop = D.all_reduce_sum(ctx.env, flags).tolist()
+    if bad > 0:
         raise TrainingDiverged(f"The training loss became NaN or infinite in epoch {epoch + 1}; the run stopped and "
                                "its last good checkpoint is kept (lower --lr, or check the data).")
+    if stop > 0 and not ctx.stops.requested:  # another process got the signal: stop with it
+        ctx.stops.signum = signal.SIGTERM
+    return stop > 0
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer, task: Task, ctx: Context, epoch: int,
-                    batch_transform=None) -> dict:
+                    batch_transform=None, resume: RunState | None = None) -> dict:
+    """Train one epoch (from `resume.step` with its running sums, after a mid-epoch checkpoint).
+
+    A stop request ends it early at a step the processes agree on (every step in one process,
+    every --print-freq steps under DDP); the result then holds 'stopped_at' and 'epoch_sums'.
+    """
     model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    correct = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    seen = 0
+    done = resume.step if resume is not None else 0
+    # [loss * n, correct, samples]: a resumed epoch's sums so far count once, on rank 0
+    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+    seconds_before = 0.0
+    if done and resume.epoch_sums is not None:
+        seconds_before = resume.epoch_sums[3]
+        if ctx.env.is_main:
+            sums += torch.tensor(resume.epoch_sums[:3], dtype=torch.float64, device=ctx.device)
+    total = done + len(loader)
+    seen_here = 0
     start = time.perf_counter()
+    stopped_at = None
     bar = ctx.bar(loader, len(loader), f"train {epoch}")
-    for step, batch in enumerate(bar, 1):
-        images, target = _to_device(batch, ctx, task)
+    for step, batch in enumerate(bar, done + 1):
+        images, target = _to_device(batch, ctx)
         if batch_transform is not None:
             images, target = batch_transform(images, target)
         with ctx.autocast():
             output = model(images)
             loss = task.train_loss(output, target)
         optimizer.zero_grad(set_to_none=True)
-        clip = ctx.args.clip_grad
-        if clip is not None:
-            from timm.utils import dispatch_clip_grad  # timm takes seconds to import: only when used
-        if ctx.scaler is not None:
-            ctx.scaler.scale(loss).backward()
-            if clip is not None:
-                ctx.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                dispatch_clip_grad(model.parameters(), clip, mode="norm")
-            ctx.scaler.step(optimizer)
-            ctx.scaler.update()
-        else:
-            loss.backward()
-            if clip is not None:
-                dispatch_clip_grad(model.parameters(), clip, mode="norm")
-            optimizer.step()
+        _backward_and_step(loss, model, optimizer, ctx)
         functional.reset_net(model)
         if ctx.ema is not None:
             ctx.ema.update(ctx.ema_source)
 
         n = images.shape[0]
-        seen += n
+        seen_here += n
         with torch.no_grad():
             hard = target.argmax(-1) if target.dim() > 1 else target  # mixed soft labels: the dominant class
-            loss_sum += loss.detach().double() * n
-            correct += (task.scores(output).argmax(-1) == hard).sum()
-        if step % ctx.args.print_freq == 0:  # the only host syncs in the loop
-            _check_finite(ctx, loss_sum, epoch)
-            loss_now, acc_now = loss_sum.item() / seen, 100 * correct.item() / seen
-            bar.set_postfix(loss=f"{loss_now:.4f}", acc1=f"{acc_now:.2f}")
-            ctx.progress(epoch, step, len(loader), loss_now, acc_now, seen, time.perf_counter() - start)
+            sums += torch.stack([loss.detach().double() * n, (task.scores(output).argmax(-1) == hard).sum().double(),
+                                 sums.new_tensor(n)])
+        at_print = step % ctx.args.print_freq == 0
+        # Host syncs only every --print-freq steps; one process may also stop at any step.
+        if at_print or (ctx.stops.requested and not ctx.env.enabled):
+            stop = _sync_point(ctx, sums[0], epoch)
+            if at_print:
+                loss_now, acc_now = sums[0].item() / sums[2].item(), 100 * sums[1].item() / sums[2].item()
+                bar.set_postfix(loss=f"{loss_now:.4f}", acc1=f"{acc_now:.2f}")
+                ctx.progress(epoch, step, total, loss_now, acc_now, seen_here, done, time.perf_counter() - start)
+            if stop:
+                stopped_at = step
+                break
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
-    elapsed = time.perf_counter() - start
-    _check_finite(ctx, loss_sum, epoch)
-    totals = D.all_reduce_sum(ctx.env, torch.stack([loss_sum, correct, loss_sum.new_tensor(seen)]))
-    loss_total, correct_total, count = totals.tolist()
+    elapsed = time.perf_counter() - start + seconds_before
+    if stopped_at is None:
+        _sync_point(ctx, sums[0], epoch)  # a request now is honoured after this epoch's checkpoint
+    loss_total, correct_total, count = D.all_reduce_sum(ctx.env, sums).tolist()
+    if stopped_at is not None:
+        return {"stopped_at": stopped_at, "epoch_sums": [loss_total, correct_total, count, elapsed]}
     count = max(count, 1.0)
     return {"loss": loss_total / count, "acc1": 100.0 * correct_total / count,
             "images_per_s": count / elapsed, "epoch_time_s": elapsed}
+
+
+def _backward_and_step(loss: torch.Tensor, model: nn.Module, optimizer, ctx: Context) -> None:
+    clip = ctx.args.clip_grad
+    if clip is not None:
+        from timm.utils import dispatch_clip_grad  # timm takes seconds to import: only when used
+    if ctx.scaler is not None:
+        ctx.scaler.scale(loss).backward()
+        if clip is not None:
+            ctx.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            dispatch_clip_grad(model.parameters(), clip, mode="norm")
+        ctx.scaler.step(optimizer)
+        ctx.scaler.update()
+    else:
+        loss.backward()
+        if clip is not None:
+            dispatch_clip_grad(model.parameters(), clip, mode="norm")
+        optimizer.step()
 
 
 @torch.no_grad()
@@ -225,7 +306,7 @@ def evaluate(model: nn.Module, loader, task: Task, ctx: Context, num_classes: in
     operations = None
     with rates:
         for batch in ctx.bar(loader, len(loader), "test"):
-            images, target = _to_device(batch, ctx, task)
+            images, target = _to_device(batch, ctx)
             if spike_stats and operations is None:
                 rates.paused = True
                 operations = spike_stats_mod.operations_per_sample(model, images)
@@ -298,16 +379,49 @@ def run(task_for: Callable[[Namespace], Task] | Task, args: Namespace) -> dict:
         ckpt = read_checkpoint(args.resume)
         if ckpt.layout == "ours":
             adopt_checkpoint_settings(args, ckpt, task)
-            check_args(args)
-            task = task_for(args)
-    env, device = D.setup(args.device)
-    ctx_holder = {}
+        else:
+            adopt_inferred_settings(args, ckpt, task)
+        check_args(args)
+        task = task_for(args)
+    env, device = D.setup(args.device, getattr(args, "dist_timeout", 10.0))
+    ctx = _context(args, env, device)
     try:
-        return _run(task, args, env, device, ckpt, ctx_holder)
+        with ctx.stops:
+            return _run(task, ctx, ckpt)
+    except KeyboardInterrupt:  # Ctrl-C: at once, with the checkpoints already written
+        raise _stopped(ctx, signal.SIGINT, "") from None
+    except RuntimeError as e:
+        if env.enabled and D.is_peer_failure(e):
+            raise PeerLost(f"Another process of this run failed or stopped answering (no reply within "
+                           f"--dist-timeout {getattr(args, 'dist_timeout', 10.0):g} min: {str(e).strip().splitlines()[0][:200]}); "
+                           f"this one stops too.{_resume_hint(ctx)}") from None
+        raise
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"The disk is full ({e.strerror}: {e.filename or 'a run file'}); the run stopped, and "
+                            "its checkpoints are as the last save left them.") from None
+        raise
     finally:
-        if "ctx" in ctx_holder and ctx_holder["ctx"].lock is not None:
-            ctx_holder["ctx"].lock.release()
+        if ctx.lock is not None:
+            ctx.lock.release()
         D.teardown()
+
+
+def _context(args: Namespace, env: D.DistEnv, device: torch.device) -> Context:
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device} was asked for, but this machine has no CUDA GPU; use --device cpu.")
+    if args.amp is None:
+        args.amp = device.type == "cuda"
+    amp_dtype = None
+    if args.amp:
+        amp_dtype = getattr(torch, args.amp_dtype) if args.amp_dtype else (
+            torch.float16 if device.type == "cuda" else torch.bfloat16)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not args.deterministic
+        torch.backends.cudnn.deterministic = args.deterministic
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return Context(args, env, device, amp_dtype)
 
 
 def adopt_checkpoint_settings(args: Namespace, ckpt, task: Task) -> list[str]:
@@ -341,6 +455,27 @@ def adopt_checkpoint_settings(args: Namespace, ckpt, task: Task) -> list[str]:
     return adopted
 
 
+def adopt_inferred_settings(args: Namespace, ckpt, task: Task) -> list[str]:
+    """The model-defining settings that another program's checkpoint determines through its tensors'
+    names and shapes (`task.infer_model_args`), taken where the command line did not give them; an
+    explicit flag that contradicts them is refused. Returns the names adopted."""
+    if task.infer_model_args is None:
+        return []
+    explicit = getattr(args, "explicit", frozenset())
+    inferred = task.infer_model_args(ckpt.state_dict)
+    adopted = []
+    for key, value in inferred.items():
+        current = getattr(args, key)
+        if value == current:
+            continue
+        if key in explicit:
+            raise UserError(f"--{key.replace('_', '-')} {current} contradicts checkpoint {ckpt.path}, whose tensors "
+                            f"say {key}={value}; leave the flag out to use the file's.")
+        setattr(args, key, value)
+        adopted.append(key)
+    return adopted
+
+
 def _same_kind(value, current) -> bool:
     """Whether a recorded value can stand where the parser put `current` (None on either side is fine)."""
     primitive = (bool, int, float, str, type(None))
@@ -355,137 +490,223 @@ def _same_kind(value, current) -> bool:
     return type(value) is type(current)
 
 
-def _run(task: Task, args: Namespace, env: D.DistEnv, device: torch.device, ckpt, holder: dict) -> dict:
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device} was asked for, but this machine has no CUDA GPU; use --device cpu.")
-    if args.amp is None:
-        args.amp = device.type == "cuda"
-    amp_dtype = None
-    if args.amp:
-        amp_dtype = getattr(torch, args.amp_dtype) if args.amp_dtype else (
-            torch.float16 if device.type == "cuda" else torch.bfloat16)
-    ctx = Context(args, env, device, amp_dtype)
-    holder["ctx"] = ctx
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not args.deterministic
-        torch.backends.cudnn.deterministic = args.deterministic
-    if args.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+@dataclass
+class Training:
+    """The objects one invocation trains with."""
 
+    model: nn.Module  # evaluated and saved
+    train_model: nn.Module  # what the steps run: `model`, or its DDP / compiled wrapper
+    optimizer: torch.optim.Optimizer
+    schedule: "Schedule"
+    train_loader: object
+    test_loader: object
+    data: DataBundle
+    num_classes: int  # the model's (a checkpoint's may exceed the data's)
+    step_samples: int  # samples per optimizer step over all processes
+    writer: object | None = None  # TensorBoard, rank 0
+
+
+def _run(task: Task, ctx: Context, ckpt) -> dict:
+    args, env, device = ctx.args, ctx.env, ctx.device
     batch_size = _per_process_batch(task, args, env)
     seed_epoch(args.seed, -1)
     data = _build_data_once(task, args, env)
-    model = task.build_model(args, data.num_classes).to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model, num_classes = _build_model(task, ctx, data, ckpt)
     test_loader = make_loader(data.test, batch_size, args.workers, False, env, args.seed,
                               pin_memory=device.type == "cuda")
-
     if args.test_only:
-        return _test_only(model, test_loader, task, ctx, data.num_classes, ckpt)
+        return _test_only(model, test_loader, task, ctx, num_classes, ckpt)
 
     optimizer = _build_optimizer(args, model)
-    if amp_dtype == torch.float16:
+    if ctx.amp_dtype == torch.float16:
         ctx.scaler = torch.amp.GradScaler(device.type)
-    start_epoch, best_acc1, last_acc1, run_dir, resumed_from = _starting_point(task, model, optimizer, ctx, ckpt)
-    scheduler = Schedule(optimizer, args, start_epoch)
-    if args.model_ema:
-        from timm.utils import ModelEmaV3  # timm takes seconds to import: only when used
-
-        ctx.ema, ctx.ema_source = ModelEmaV3(model, decay=args.model_ema_decay), model
-        if ckpt is not None and ckpt.model_ema is not None:
-            load_state_dict_checked(ctx.ema.module, ckpt.model_ema, ckpt.path, "model_ema")
-
-    summary = {"run_dir": str(run_dir), "epochs_done": start_epoch,
-               "best_test_acc1": best_acc1, "last_test_acc1": last_acc1}
-    if start_epoch >= args.epochs:
-        if env.is_main:
-            print(f"{run_dir}: all {args.epochs} epochs are done; nothing to train.", flush=True)
-            _print_json(summary)
-            runlog.write_summary(run_dir, strict_json(summary))
-        return summary
-
-    if args.sync_bn and env.enabled:
-        model = D.convert_sync_batchnorm(model)
-    train_model = model
-    if env.enabled:
-        train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    if args.compile:
-        train_model = torch.compile(train_model)  # evaluation and checkpoints use the plain model
-    train_loader = make_loader(data.train, batch_size, args.workers, True, env, args.seed,
-                               pin_memory=device.type == "cuda", drop_last=args.drop_last)
-    if len(train_loader) == 0:
-        raise UserError(f"The training set ({len(data.train)} samples over {env.world_size} processes) is "
-                        f"smaller than one batch of {batch_size}; lower --batch-size.")
-
-    writer = None
+    state = _starting_point(task, model, optimizer, ctx, ckpt, batch_size * env.world_size)
+    if state.epoch >= args.epochs:
+        return _finish(state, ctx, f"{state.run_dir}: all {args.epochs} epochs are done; nothing to train.")
+    _start_ema(ctx, model, ckpt)
+    t = Training(model, _training_model(model, ctx), optimizer, Schedule(optimizer, args, state.epoch),
+                 _train_loader(data, batch_size, ctx), test_loader, data, num_classes, batch_size * env.world_size)
     if env.is_main:
-        runlog.write_args(run_dir, args, resumed_from, task.name)
-        writer = runlog.open_writer(run_dir, start_epoch)
-        runlog.truncate_metrics(run_dir, start_epoch)  # a resumed run rewrites the epochs it replays
-        print(f"run directory: {run_dir} (epoch {start_epoch + 1} of {args.epochs})", flush=True)
-
-    stop_at = args.epochs if args.stop_after is None else min(args.epochs, start_epoch + args.stop_after)
+        runlog.write_args(state.run_dir, args, state.resumed_from, task.name)
+        t.writer = runlog.open_writer(state.run_dir, state.epoch)
+        runlog.truncate_metrics(state.run_dir, state.epoch)  # a resumed run rewrites the epochs it replays
+        where = f", step {state.step + 1}" if state.step else ""
+        print(f"run directory: {state.run_dir} (epoch {state.epoch + 1}{where} of {args.epochs})", flush=True)
+    stop_at = args.epochs if args.stop_after is None else min(args.epochs, state.epoch + args.stop_after)
+    extra = {}
     try:
-        for epoch in range(start_epoch, stop_at):
-            seed_epoch(args.seed, epoch)
-            train_loader.sampler.set_epoch(epoch)
-            task_scalars = task.on_epoch_start(model, epoch, args) if task.on_epoch_start else {}
-            scheduler.at_epoch_start(epoch)
-            lr = optimizer.param_groups[0]["lr"]
-            ctx.epochs_after = stop_at - epoch - 1
-            train = train_one_epoch(train_model, train_loader, optimizer, task, ctx, epoch, data.batch_transform)
-            D.broadcast_buffers(env, model)  # evaluate, on every rank, the model rank 0 saves
-            eval_start = time.perf_counter()
-            test = evaluate(model, test_loader, task, ctx, data.num_classes, spike_stats=args.spike_stats)
-            ctx.eval_time_s = time.perf_counter() - eval_start
-            ema_test = None
-            if ctx.ema is not None:
-                D.broadcast_buffers(env, ctx.ema.module)
-                ema_test = evaluate(ctx.ema.module, test_loader, task, ctx, data.num_classes)
-            scheduler.after_epoch()
-            last_acc1 = test["acc1"]
-            is_best = best_acc1 is None or test["acc1"] > best_acc1
-            best_acc1 = test["acc1"] if is_best else best_acc1
-            if env.is_main:
-                scalars = {"train/loss": train["loss"], "train/acc1": train["acc1"], "test/loss": test["loss"],
-                           "test/acc1": test["acc1"], "lr": lr, "train/images_per_s": train["images_per_s"],
-                           "train/epoch_time_s": train["epoch_time_s"], **task_scalars}
-                if "acc5" in test:
-                    scalars["test/acc5"] = test["acc5"]
-                if ema_test is not None:
-                    scalars.update({f"test_ema/{k}": v for k, v in ema_test.items() if k != "samples"})
-                if args.spike_stats:
-                    scalars.update(_spike_scalars(test))
-                    for name, image in spike_stats_mod.psn_weight_images(model, args.T).items():
-                        writer.add_image(f"psn_weight/{name}", image, epoch)
-                for tag, value in scalars.items():
-                    writer.add_scalar(tag, value, epoch)
-                writer.flush()
-                runlog.append_metrics(run_dir, strict_json({"epoch": epoch, **scalars}))
-                state = _checkpoint_state(model, optimizer, scheduler, ctx, epoch, best_acc1, last_acc1, args, task)
-                if is_best:  # first: a kill between the two saves must not lose the best epoch
-                    save_checkpoint(state, run_dir / runlog.BEST)
-                save_checkpoint(state, run_dir / runlog.LATEST)
-                print(f"epoch {epoch + 1}/{args.epochs}  train loss {train['loss']:.4f} acc1 {train['acc1']:.2f}  "
-                      f"test loss {test['loss']:.4f} acc1 {test['acc1']:.2f} (best {best_acc1:.2f})  "
-                      f"{train['images_per_s']:.0f} img/s  {train['epoch_time_s']:.1f} s", flush=True)
-            D.barrier(env)
-            summary.update(epochs_done=epoch + 1, best_test_acc1=best_acc1, last_test_acc1=last_acc1)
-            if ema_test is not None:
-                summary["last_test_ema_acc1"] = ema_test["acc1"]
+        while state.epoch < stop_at:
+            ctx.epochs_after = stop_at - state.epoch - 1
+            extra = _train_epoch(t, state, task, ctx)
+            if _agree_to_stop(ctx):  # a signal during evaluation or the save: the epoch is in its checkpoint
+                raise _stopped(ctx, ctx.stops.signum, f"after epoch {state.epoch}")
     except UserError as e:  # bad data met mid-run (an unreadable image, say): say how to go on
-        latest = run_dir / runlog.LATEST
+        latest = state.run_dir / runlog.LATEST
         how = (f"its last checkpoint is intact: fix the cause, then continue with --resume {latest}"
                if latest.is_file() else "no epoch had finished, so there is no checkpoint yet")
-        raise type(e)(f"{one_sentence(e)} The run stopped in epoch {epoch + 1}; {how}.") from None
+        raise type(e)(f"{one_sentence(e)} The run stopped in epoch {state.epoch + 1}; {how}.") from None
     finally:
-        if writer is not None:
-            writer.close()
+        if t.writer is not None:
+            t.writer.close()
+    return _finish(state, ctx, extra=extra)
+
+
+def _train_epoch(t: Training, state: RunState, task: Task, ctx: Context) -> dict:
+    """Train, evaluate, log and save epoch `state.epoch`; returns the summary's extra fields."""
+    args, env, epoch = ctx.args, ctx.env, state.epoch
+    seed_epoch(args.seed, epoch)
+    t.train_loader.sampler.set_epoch(epoch)
+    task_scalars = task.on_epoch_start(t.model, epoch, args) if task.on_epoch_start else {}
+    t.schedule.at_epoch_start(epoch)
+    lr = t.optimizer.param_groups[0]["lr"]
+    resume = None
+    if state.step:  # a mid-epoch checkpoint: its generators' states, and on past the batches it trained
+        _set_rng_state(state.rng, ctx)
+        t.train_loader.sampler.skip(state.step * t.step_samples // env.world_size)
+        resume = state
+    train = train_one_epoch(t.train_model, t.train_loader, t.optimizer, task, ctx, epoch, t.data.batch_transform,
+                            resume)
+    if "stopped_at" in train:
+        state.step, state.epoch_sums = train["stopped_at"], train["epoch_sums"]
+        if env.is_main:
+            _save(t, state, ctx, best=False)
+        D.barrier(env)
+        raise _stopped(ctx, ctx.stops.signum, f"in epoch {epoch + 1} after step {state.step}", mid_epoch=True)
+
+    D.broadcast_buffers(env, t.model)  # evaluate, on every rank, the model rank 0 saves
+    eval_start = time.perf_counter()
+    test = evaluate(t.model, t.test_loader, task, ctx, t.num_classes, spike_stats=args.spike_stats)
+    ctx.eval_time_s = time.perf_counter() - eval_start
+    ema_test = None
+    if ctx.ema is not None:
+        D.broadcast_buffers(env, ctx.ema.module)
+        ema_test = evaluate(ctx.ema.module, t.test_loader, task, ctx, t.num_classes)
+    t.schedule.after_epoch()
+    is_best = state.finish_epoch(test["acc1"])
     if env.is_main:
+        _log_epoch(t, epoch, {"train/loss": train["loss"], "train/acc1": train["acc1"], "test/loss": test["loss"],
+                              "test/acc1": test["acc1"], "lr": lr, "train/images_per_s": train["images_per_s"],
+                              "train/epoch_time_s": train["epoch_time_s"], **task_scalars}, test, ema_test, args)
+        _save(t, state, ctx, best=is_best)
+        print(f"epoch {epoch + 1}/{args.epochs}  train loss {train['loss']:.4f} acc1 {train['acc1']:.2f}  "
+              f"test loss {test['loss']:.4f} acc1 {test['acc1']:.2f} (best {state.best_acc1:.2f})  "
+              f"{train['images_per_s']:.0f} img/s  {train['epoch_time_s']:.1f} s", flush=True)
+    D.barrier(env)
+    return {} if ema_test is None else {"last_test_ema_acc1": ema_test["acc1"]}
+
+
+def _log_epoch(t: Training, epoch: int, scalars: dict, test: dict, ema_test: dict | None, args: Namespace) -> None:
+    """TensorBoard and metrics.jsonl: the same scalars, one step per epoch."""
+    if "acc5" in test:
+        scalars["test/acc5"] = test["acc5"]
+    if ema_test is not None:
+        scalars.update({f"test_ema/{k}": v for k, v in ema_test.items() if k != "samples"})
+    if args.spike_stats:
+        scalars.update(_spike_scalars(test))
+        for name, image in spike_stats_mod.psn_weight_images(t.model, args.T).items():
+            t.writer.add_image(f"psn_weight/{name}", image, epoch)
+    for tag, value in scalars.items():
+        t.writer.add_scalar(tag, value, epoch)
+    t.writer.flush()
+    runlog.append_metrics(t.writer.log_dir, strict_json({"epoch": epoch, **scalars}))
+
+
+def _save(t: Training, state: RunState, ctx: Context, best: bool) -> None:
+    """The run's checkpoints (rank 0). The best one first: a kill between the two saves must not lose it."""
+    record = _checkpoint_state(t, state, ctx)
+    if best:
+        save_checkpoint(record, state.run_dir / runlog.BEST)
+    save_checkpoint(record, state.run_dir / runlog.LATEST)
+
+
+def _finish(state: RunState, ctx: Context, note: str | None = None, extra: dict | None = None) -> dict:
+    summary = {**state.summary, **(extra or {})}
+    if ctx.env.is_main:
+        if note:
+            print(note, flush=True)
         _print_json(summary)
-        runlog.write_summary(run_dir, strict_json(summary))
+        runlog.write_summary(state.run_dir, strict_json(summary))
     return summary
+
+
+def _agree_to_stop(ctx: Context) -> bool:
+    if not ctx.env.enabled:
+        return ctx.stops.requested
+    return _sync_point(ctx, torch.zeros((), dtype=torch.float64), -1)
+
+
+def _stopped(ctx: Context, signum: int, where: str, mid_epoch: bool = False) -> RunStopped:
+    """The exception that ends a stopped run, its message saying what is saved and how to go on (rank 0)."""
+    state = ctx.state
+    if not ctx.env.is_main:
+        return RunStopped(signum, "")
+    name = signal_name(signum)
+    if state is None:
+        return RunStopped(signum, f"{name}: stopped before training began; nothing was written.")
+    latest = state.run_dir / runlog.LATEST
+    if mid_epoch:
+        saved = f"a mid-epoch checkpoint is in {latest}"
+    elif latest.is_file():
+        saved = f"the checkpoints in {state.run_dir} are intact"
+    else:
+        return RunStopped(signum, f"{name}: stopped in epoch {state.epoch + 1} before any checkpoint was written; "
+                                  "run the same command again to start over.")
+    where = where or f"in epoch {state.epoch + 1}"
+    runlog.write_summary(state.run_dir, strict_json({**state.summary, "stopped": name}))
+    return RunStopped(signum, f"{name}: stopped {where}; {saved}. Resume with:\n  {resume_command(latest)}")
+
+
+def _build_model(task: Task, ctx: Context, data: DataBundle, ckpt):
+    """The task's model, with the checkpoint's number of classes where it has more than the data
+    (the data's labels index the checkpoint's classes). Returns (model, number of classes)."""
+    args, classes = ctx.args, data.num_classes
+    model = task.build_model(args, classes)
+    if ckpt is not None:
+        found = checkpoint_classes(model, ckpt, classes)
+        if found < classes:
+            raise UserError(f"Checkpoint {ckpt.path} classifies {found} classes, but the data has {classes}; "
+                            "it cannot score them all.")
+        if found > classes:
+            if ctx.env.is_main:
+                print(f"the checkpoint has {found} classes and the data {classes}: the data's labels "
+                      f"0..{classes - 1} are read as the checkpoint's first {classes} classes.", flush=True)
+            with torch.random.fork_rng(devices=[]):  # the weights come from the file: draw nothing new
+                model, classes = task.build_model(args, found), found
+    model = model.to(ctx.device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, classes
+
+
+def _start_ema(ctx: Context, model: nn.Module, ckpt) -> None:
+    if not ctx.args.model_ema:
+        return
+    from timm.utils import ModelEmaV3  # timm takes seconds to import: only when used
+
+    ctx.ema, ctx.ema_source = ModelEmaV3(model, decay=ctx.args.model_ema_decay), model
+    if ckpt is not None and ckpt.layout == "ours" and ckpt.model_ema is not None:
+        load_state_dict_checked(ctx.ema.module, ckpt.model_ema, ckpt.path, "model_ema")
+
+
+def _training_model(model: nn.Module, ctx: Context) -> nn.Module:
+    """What the training steps run: DDP around the model, maybe compiled; `model` stays what is saved."""
+    if ctx.args.sync_bn and ctx.env.enabled:
+        model = D.convert_sync_batchnorm(model)
+    if ctx.env.enabled:
+        model = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+    if ctx.args.compile:
+        model = torch.compile(model)
+    return model
+
+
+def _train_loader(data: DataBundle, batch_size: int, ctx: Context):
+    args, env = ctx.args, ctx.env
+    loader = make_loader(data.train, batch_size, args.workers, True, env, args.seed,
+                         pin_memory=ctx.device.type == "cuda", drop_last=args.drop_last)
+    if len(loader) == 0:
+        raise UserError(f"The training set ({len(data.train)} samples over {env.world_size} processes) is "
+                        f"smaller than one batch of {batch_size}; lower --batch-size.")
+    return loader
 
 
 def _test_only(model, test_loader, task: Task, ctx: Context, num_classes: int, ckpt) -> dict:
@@ -541,54 +762,69 @@ class Schedule:
         if self.timm is None:
             self.torch.step()
 
-    def state_dict(self) -> dict:
-        return (self.timm or self.torch).state_dict()
 
+def _starting_point(task: Task, model, optimizer, ctx: Context, ckpt, step_samples: int) -> RunState:
+    """Where this invocation starts, with the run directory claimed (rank 0 decides).
 
-def _starting_point(task: Task, model, optimizer, ctx: Context, ckpt):
-    """(start epoch, best acc1, last acc1, run directory, resumed-from path) of this invocation.
-
-    --resume of one of our checkpoints continues in its run directory; any other file
-    (the original layouts, bare weights) starts a new run directory from its weights.
-    A new run directory that already holds checkpoints is refused (decided on rank 0).
+    --resume of one of our checkpoints continues in its run directory (from the middle of an
+    epoch for a mid-epoch checkpoint), or forks a new one when --run-name / --output-dir name
+    another; any other file (the original layouts, bare weights) starts a new run from its weights.
     """
     args, env = ctx.args, ctx.env
-    start_epoch, best_acc1, last_acc1, run_dir, resumed_from = 0, None, None, None, None
+    named = Path(args.output_dir) / (args.run_name or task.run_name(args))
+    state = RunState(named)
+    continuing = False
     if ckpt is not None:
         load_model_weights(model, ckpt)
-        resumed_from = str(ckpt.path)
-        start_epoch = 0 if ckpt.epoch is None else ckpt.epoch + 1
-        best_acc1, last_acc1 = ckpt.best_acc1, ckpt.task_state.get("last_acc1")
-        if start_epoch < args.epochs:
+        state.epoch, state.step = ckpt.position
+        state.best_acc1, state.last_acc1, state.resumed_from = ckpt.best_acc1, ckpt.last_acc1, str(ckpt.path)
+        if state.step:
+            if ckpt.step_samples != step_samples:
+                raise UserError(f"Checkpoint {ckpt.path} stopped in the middle of epoch {state.epoch + 1} with "
+                                f"{ckpt.step_samples} samples per step (batch size times processes), this run takes "
+                                f"{step_samples}: resume it with the same --batch-size and number of processes.")
+            state.epoch_sums, state.rng = ckpt.epoch_sums, ckpt.rng
+        if state.epoch < args.epochs:
             _restore_training_state(ckpt, optimizer, ctx)
-        if ckpt.layout == "ours":
-            run_dir = ckpt.path.parent
+        forked = {"output_dir", "run_name"} & getattr(args, "explicit", frozenset()) and named.resolve() != ckpt.path.parent.resolve()
+        continuing = ckpt.layout == "ours" and not forked
+        if continuing:
+            state.run_dir = ckpt.path.parent
     elif task.init_weights is not None:
         task.init_weights(model, args, env.is_main)
-    named = Path(args.output_dir) / (args.run_name or task.run_name(args))
-    explicit = getattr(args, "explicit", frozenset())
-    fork = run_dir is not None and ({"output_dir", "run_name"} & explicit) and named.resolve() != run_dir.resolve()
-    new_dir = run_dir is None or fork
-    if new_dir:
-        run_dir = named
+    ctx.state = state
+    _claim_run_dir(state, ckpt, ctx, continuing)
+    if ckpt is not None and ckpt.layout == "ours" and not continuing and env.is_main:
+        print(f"forking a new run in {state.run_dir} from {ckpt.path} ({_where(ckpt)})", flush=True)
+    return state
+
+
+def _claim_run_dir(state: RunState, ckpt, ctx: Context, continuing: bool) -> None:
+    """Rank 0 takes the run directory's lock (a new run's must hold no checkpoints) and tidies it;
+    every rank learns the outcome."""
     problem = None
-    if env.is_main:
+    if ctx.env.is_main:
         try:
-            if new_dir:
-                runlog.claim_new_run_dir(run_dir)
-            ctx.lock = runlog.RunLock(run_dir).claim()
-            if not new_dir:
-                _check_no_rewind(ckpt, run_dir)
-                _restore_missing_best(ckpt, run_dir)
-            runlog.remove_stray_temporaries(run_dir)
+            if not continuing:
+                runlog.claim_new_run_dir(state.run_dir)
+            ctx.lock = runlog.RunLock(state.run_dir).claim()
+            if continuing:
+                _check_no_rewind(ckpt, state.run_dir)
+                _restore_missing_best(ckpt, state.run_dir)
+            runlog.remove_stray_temporaries(state.run_dir)
         except UserError as e:
             problem = str(e)
-    problem = D.broadcast_object(env, problem)
+        except OSError as e:
+            problem = (f"The run directory {state.run_dir} cannot be made or written ({e.strerror or e}); "
+                       "choose another --output-dir.")
+    problem = D.broadcast_object(ctx.env, problem)
     if problem:
         raise UserError(problem)
-    if fork and env.is_main:
-        print(f"forking a new run in {run_dir} from {ckpt.path} (epoch {start_epoch})", flush=True)
-    return start_epoch, best_acc1, last_acc1, run_dir, resumed_from
+
+
+def _where(ckpt) -> str:
+    epoch, step = ckpt.position
+    return f"epoch {epoch + 1}, step {step}" if step else f"end of epoch {epoch}"
 
 
 def _check_no_rewind(ckpt, run_dir: Path) -> None:
@@ -598,20 +834,18 @@ def _check_no_rewind(ckpt, run_dir: Path) -> None:
     if ckpt.path.resolve() == latest.resolve() or not latest.is_file():
         return
     newer = read_checkpoint(latest)
-    if newer.epoch is not None and ckpt.epoch is not None and newer.epoch > ckpt.epoch:
-        raise UserError(f"Checkpoint {ckpt.path} is from epoch {ckpt.epoch + 1}, but its run's {latest.name} is at "
-                        f"epoch {newer.epoch + 1}: continuing there would rewind the run. Resume {latest}, or give "
+    if newer.position > ckpt.position:
+        raise UserError(f"Checkpoint {ckpt.path} is from the {_where(ckpt)}, but its run's {latest.name} is at the "
+                        f"{_where(newer)}: continuing there would rewind the run. Resume {latest}, or give "
                         "--run-name (or --output-dir) to start a new run from this checkpoint.")
 
 
 def _restore_missing_best(ckpt, run_dir: Path) -> None:
     """A kill between the two saves of a new best epoch can leave no checkpoint_max: when the checkpoint
-    resumed from holds the best epoch itself, it becomes checkpoint_max again."""
+    resumed from holds the best epoch itself (not a mid-epoch one), it becomes checkpoint_max again."""
     best = run_dir / runlog.BEST
-    if best.exists() or ckpt.best_acc1 is None or ckpt.task_state.get("last_acc1") != ckpt.best_acc1:
+    if best.exists() or ckpt.step or ckpt.best_acc1 is None or ckpt.last_acc1 != ckpt.best_acc1:
         return
-    import shutil
-
     tmp = run_dir / f".{best.name}.restore.tmp"
     shutil.copyfile(ckpt.path, tmp)
     os.replace(tmp, best)
@@ -635,7 +869,7 @@ def _build_data_once(task: Task, args: Namespace, env: D.DistEnv) -> DataBundle:
             data = task.build_data(args)
         except UserError as e:
             problem = str(e)
-    problem = D.broadcast_object(env, problem)
+    problem = D.broadcast_object(env, problem, patient=True)
     if problem:
         raise UserError(problem)
     if not env.is_main:
@@ -643,32 +877,60 @@ def _build_data_once(task: Task, args: Namespace, env: D.DistEnv) -> DataBundle:
     return data
 
 
-def _checkpoint_state(model, optimizer, scheduler, ctx: Context, epoch, best_acc1, last_acc1, args, task):
-    rng = {"torch": torch.get_rng_state()}
-    if ctx.device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(ctx.device)
+def _checkpoint_state(t: Training, state: RunState, ctx: Context) -> dict:
     return {
         "format": FORMAT,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "lr_scheduler": scheduler.state_dict(),
+        "model": t.model.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
         "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None,
         "model_ema": ctx.ema.module.state_dict() if ctx.ema is not None else None,
-        "epoch": epoch,
-        "best_acc1": best_acc1,
+        "epoch": state.epoch - 1,  # the last finished one
+        "step": state.step,
+        "epoch_sums": state.epoch_sums,
+        "step_samples": t.step_samples,
+        "best_acc1": state.best_acc1,
         "args": {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
-                 for k, v in vars(args).items() if k != "explicit"},
-        "task_state": {**task.state(model), "last_acc1": last_acc1},
-        "rng": rng,
+                 for k, v in vars(ctx.args).items() if k != "explicit"},
+        "task_state": {"last_acc1": state.last_acc1},
+        "rng": _rng_state(ctx),
     }
 
 
+def _rng_state(ctx: Context) -> dict:
+    """Every generator a training step may draw from; a mid-epoch resume continues from them."""
+    _, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    rng = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss_next],
+           "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                     "gauss": float(gauss)}}
+    if ctx.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(ctx.device)
+    return rng
+
+
+def _set_rng_state(rng: dict | None, ctx: Context) -> None:
+    if not rng:
+        return
+    try:
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], ctx.device)
+        if "python" in rng:
+            version, internal, gauss_next = rng["python"]
+            random.setstate((version, tuple(internal), gauss_next))
+        if "numpy" in rng:
+            n = rng["numpy"]
+            np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        raise UserError(f"The generator states of checkpoint {ctx.state.resumed_from} cannot be restored ({e}).") from None
+
+
 def _restore_training_state(ckpt, optimizer, ctx: Context) -> None:
-    """Optimizer state (momenta), AMP scaler and RNG of a checkpoint; foreign layouts give what they have."""
+    """Optimizer state (momenta) and AMP scaler of a checkpoint; foreign layouts give what they have."""
     try:
         if ckpt.optimizer:
             optimizer.load_state_dict(ckpt.optimizer)
-    except (ValueError, KeyError, RuntimeError) as e:
+    except (ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError) as e:
         message = f"the optimizer state in {ckpt.path} does not fit this run's optimizer (--opt {ctx.args.opt}): {e}"
         if ckpt.layout == "ours":
             raise UserError(message[0].upper() + message[1:] + ".") from None
@@ -677,7 +939,3 @@ def _restore_training_state(ckpt, optimizer, ctx: Context) -> None:
             print(f"warning: {message}; continuing with a fresh optimizer.", file=sys.stderr, flush=True)
     if ctx.scaler is not None and ckpt.scaler:
         ctx.scaler.load_state_dict(ckpt.scaler)
-    if ckpt.rng:
-        torch.set_rng_state(ckpt.rng["torch"])
-        if "cuda" in ckpt.rng and ctx.device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt.rng["cuda"], ctx.device)

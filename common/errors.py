@@ -6,6 +6,8 @@ import sys
 class UserError(Exception):
     """Bad input from the user: a missing dataset, a wrong checkpoint, an occupied run directory."""
 
+    exit_code = 2
+
 
 EXIT_USER_ERROR = 2
 
@@ -21,7 +23,9 @@ def one_sentence(error: UserError) -> str:
 
 
 def exits_cleanly(main):
-    """Wrap a command's main(): a UserError prints `error: <sentence>` on stderr and exits with 2."""
+    """Wrap a command's main(): a UserError prints `error: <sentence>` on stderr and exits with its code
+    (2); a run stopped by a signal prints what it saved and how to resume, and exits with 128 + signal."""
+    from common.stops import RunStopped
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -29,6 +33,12 @@ def exits_cleanly(main):
             return main(*args, **kwargs)
         except UserError as e:
             print(f"error: {one_sentence(e)}", file=sys.stderr, flush=True)
-            sys.exit(EXIT_USER_ERROR)
+            sys.exit(e.exit_code)
+        except RunStopped as e:
+            if str(e):
+                print(str(e), file=sys.stderr, flush=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C before or after the run proper: nothing to save
+            sys.exit(130)
 
     return wrapper

@@ -113,7 +113,6 @@ def task_for(args) -> engine.Task:
         train_loss=smoothed_cross_entropy(args.label_smoothing),
         eval_loss=F.cross_entropy,
         on_epoch_start=set_lambda,
-        state=lambda_state,
         check_loaded=check_streamable,
         model_args=("channels", "neuron", "order", "exp_init", "num_classes"),
         upgrade_checkpoint=upgrade_checkpoint,

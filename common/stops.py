@@ -1,0 +1,81 @@
+"""Clean stops: SIGINT, SIGTERM and SIGUSR1 end a run without a traceback, saying how to resume it.
+
+SIGTERM and SIGUSR1 (what a cluster sends before a job's time is up, e.g. SLURM's
+`#SBATCH --signal=USR1@120`) ask the run to stop after its current step: it writes a
+mid-epoch checkpoint first, so no part of the epoch is lost. SIGINT (Ctrl-C) stops at once,
+keeping the checkpoints already written (saves are atomic). The exit status is 128 + the
+signal's number, what a shell reports for a process the signal ended.
+"""
+import os
+import shlex
+import signal
+import sys
+
+GRACEFUL = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class RunStopped(Exception):
+    """A run ended by a signal; the message says where it stopped and how to resume it."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+class StopRequests:
+    """While active, SIGTERM and SIGUSR1 record a request (`signum`) instead of ending the process.
+
+    The handler only sets a field: the training loop looks at it between steps, where stopping
+    is safe. Outside the main thread (where Python cannot install handlers) signals keep
+    their usual effect.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> "StopRequests":
+        for sig in GRACEFUL:
+            try:
+                self._previous[sig] = signal.signal(sig, self._record)
+            except ValueError:
+                break
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _record(self, signum, frame) -> None:
+        self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+def resume_command(checkpoint) -> str:
+    """This process's command line with `--resume CHECKPOINT` in place of any --resume it had."""
+    kept, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg in ("--resume", "-resume"):
+            skip = True
+        elif not arg.startswith(("--resume=", "-resume=")):
+            kept.append(arg)
+    script = [sys.argv[0], *kept, "--resume", str(checkpoint)]
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world > 1:
+        launcher = f"torchrun --nproc_per_node={local}" if local == world else "torchrun <this job's launcher options>"
+        return f"{launcher} {shlex.join(script)}"
+    return shlex.join([sys.executable, *script])
