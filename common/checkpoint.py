@@ -60,12 +60,24 @@ def save_checkpoint(obj: dict, path: Path) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"The disk holding {path.parent} is full ({e.strerror}): {path.name} could not be "
+        cause = _os_error_in(e)  # torch.save reports a failed write as a RuntimeError around it
+        if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"The disk holding {path.parent} is full ({cause.strerror}): {path.name} could not be "
                             "written, and its previous version is kept.") from None
-        if isinstance(e, OSError):
-            raise UserError(f"Could not write {path} ({e.strerror or e}); its previous version is kept.") from None
+        if cause is not None:
+            raise UserError(f"Could not write {path} ({cause.strerror or cause}); its previous version is "
+                            "kept.") from None
         raise
+
+
+def _os_error_in(error: BaseException | None) -> OSError | None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _umask() -> int:

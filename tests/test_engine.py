@@ -161,3 +161,46 @@ def test_the_original_command_parses_to_the_same_settings():
     defaults = cifar10_train.parse_args([])
     assert (defaults.channels, defaults.T, defaults.epochs, defaults.batch_size, defaults.opt, defaults.lr,
             defaults.weight_decay, defaults.label_smoothing) == (256, 4, 1024, 128, "sgd", 0.1, 0.0, 0.1)
+
+
+def _valid_checkpoint() -> dict:
+    return {"format": FORMAT, "model": CIFAR10Net(channels=4, T=2).state_dict(), "optimizer": None, "scaler": None,
+            "epoch": 0, "step": 0, "epoch_sums": None, "best_acc1": 10.0, "args": {"channels": 4},
+            "task_state": {"last_acc1": 10.0}, "rng": {"torch": torch.get_rng_state()}, "model_ema": None}
+
+
+CRAFTED = [
+    ("epoch", "3"), ("epoch", 10**30), ("epoch", -5), ("epoch", 2.5), ("epoch", True), ("epoch", None),
+    ("best_acc1", "abc"), ("best_acc1", float("nan")), ("best_acc1", 1000.0), ("best_acc1", [1.0]),
+    ("model", [1, 2]), ("model", {"a": 1}), ("model", {}),
+    ("optimizer", []), ("optimizer", {"state": 1, "param_groups": []}), ("optimizer", "x"),
+    ("scaler", {"scale": "big"}), ("scaler", []),
+    ("rng", {"torch": "x"}), ("rng", {"torch": torch.zeros(3)}), ("rng", []), ("rng", {"python": [3, [1] * 5, None]}),
+    ("rng", {"numpy": {"key": torch.zeros(3), "pos": 0, "has_gauss": 0, "gauss": 0.0}}), ("rng", {"other": 1}),
+    ("args", []), ("args", {1: 2}), ("task_state", []), ("task_state", {"last_acc1": "x"}),
+    ("step", -1), ("step", "4"), ("step", 5), ("epoch_sums", [1.0, 2.0]), ("model_ema", 5),
+]
+
+
+@pytest.mark.parametrize("name,value", CRAFTED, ids=[f"{n}={str(v)[:12]}" for n, v in CRAFTED])
+def test_every_checkpoint_field_is_checked_before_use(name, value, tmp_path):
+    read_checkpoint(_save(_valid_checkpoint(), tmp_path / "good.pth"))  # the base is fine
+    crafted = _valid_checkpoint()
+    crafted[name] = value
+    with pytest.raises(UserError, match="is damaged or not what it claims to be") as caught:
+        read_checkpoint(_save(crafted, tmp_path / "bad.pth"))
+    assert len(str(caught.value).splitlines()) == 1
+
+
+def test_a_mid_epoch_checkpoint_needs_its_sums_and_step_size(tmp_path):
+    mid = {**_valid_checkpoint(), "epoch": -1, "step": 3, "epoch_sums": [1.0, 2.0, 96.0, 0.5], "step_samples": 32}
+    ckpt = read_checkpoint(_save(mid, tmp_path / "mid.pth"))
+    assert ckpt.position == (0, 3)
+    for field, value in (("epoch_sums", None), ("step_samples", None), ("step_samples", 0)):
+        with pytest.raises(UserError, match=field):
+            read_checkpoint(_save({**mid, field: value}, tmp_path / "bad.pth"))
+
+
+def _save(obj, path):
+    torch.save(obj, path)
+    return path

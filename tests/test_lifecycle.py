@@ -1,4 +1,5 @@
 """The run lifecycle: one run per directory, resumes that never rewind, the best checkpoint kept."""
+import os
 import signal
 import subprocess
 import sys
@@ -69,3 +70,88 @@ def test_resume_auto_restores_a_missing_best_checkpoint_and_removes_stray_tempor
     assert not list(run.glob(".checkpoint_*.tmp"))
     best = torch.load(run / "checkpoint_max.pth", weights_only=True)
     assert best["best_acc1"] is not None and best["epoch"] in (0, 1)
+
+
+def _worker_of_rank(launcher_pid: int, rank: int) -> int:
+    for child in open(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read().split():
+        environ = open(f"/proc/{child}/environ", "rb").read().split(b"\0")
+        if f"RANK={rank}".encode() in environ:
+            return int(child)
+    raise AssertionError(f"no worker of rank {rank} under {launcher_pid}")
+
+
+def test_a_hung_ddp_peer_ends_the_run_with_one_error_line_within_the_dist_timeout(tmp_path, torchrun):
+    """torchrun, 2 processes (gloo); rank 1 is frozen with SIGSTOP mid-epoch; rank 0 must give up within
+    --dist-timeout (0.15 min = 9 s) with one `error:` line, not wait for torch's default 30 minutes."""
+    import threading
+
+    cmd = torchrun + ["--standalone", "--nproc_per_node=2", str(ROOT / SCRIPT), *map(str, QUICK), "--epochs", "3",
+                      "--print-freq", "1", "--dist-timeout", "0.15", "--output-dir", str(tmp_path), "--run-name", "h"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors, stopped_at = [], []
+
+    def read_stderr():
+        for line in proc.stderr:
+            if line.startswith("error: "):
+                errors.append((time.monotonic(), line.strip()))
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        for line in proc.stdout:
+            if " step 3/" in line:
+                break
+        frozen = _worker_of_rank(proc.pid, 1)
+        os.kill(frozen, signal.SIGSTOP)
+        stopped_at.append(time.monotonic())
+        deadline = time.monotonic() + 120
+        while not errors and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(frozen, signal.SIGKILL)  # torchrun would take 30 s more to kill a frozen process
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(errors) == 1, errors
+    waited, line = errors[0][0] - stopped_at[0], errors[0][1]
+    assert "--dist-timeout 0.15 min" in line and "stops too" in line, line
+    assert 9 <= waited < 60, waited  # the timeout, plus a step's worth of slack on a loaded machine
+    assert proc.returncode != 0
+
+
+def test_crafted_checkpoint_and_unusable_output_dir_end_in_one_sentence(tmp_path):
+    net = torch.nn.Linear(1, 1)  # whatever the model: the epoch is refused before the weights are looked at
+    from common.checkpoint import FORMAT
+
+    torch.save({"format": FORMAT, "model": net.state_dict(), "epoch": 10**30, "best_acc1": 1.0}, tmp_path / "e.pth")
+    started = time.monotonic()
+    _fails_cleanly(run_script(SCRIPT, *QUICK, "--resume", tmp_path / "e.pth", check=False),
+                   "epoch must be an integer from -1 to", "found 1000000000000000000000000000000")
+    assert time.monotonic() - started < 60  # refused, not replayed
+    (tmp_path / "a_file").write_text("not a directory")
+    _fails_cleanly(run_script(SCRIPT, *QUICK, "--epochs", 1, "--output-dir", tmp_path / "a_file", check=False),
+                   "cannot be made or written", "--output-dir")
+
+
+def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(tmp_path):
+    """A 4 MiB tmpfs: epoch 1 fits; then the disk is filled to 64 KiB of free space, less than a checkpoint."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        import pytest
+
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        flags = [*QUICK, "--epochs", 2, "--output-dir", disk, "--run-name", "r"]
+        run_script(SCRIPT, *flags, "--stop-after", 1)
+        latest = disk / "r" / "checkpoint_latest.pth"
+        before = latest.read_bytes()
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "filler").write_bytes(b"\0" * (free - 64 * 1024))
+        full = run_script(SCRIPT, *flags, "--resume", latest, check=False)
+        _fails_cleanly(full, "is full", "previous version is kept", f"--resume {latest}")
+        assert latest.read_bytes() == before
+        assert not list((disk / "r").glob(".checkpoint_*.tmp"))
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
