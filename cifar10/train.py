@@ -16,6 +16,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from cifar10.models import CIFAR10Net, psn_factory  # noqa: E402
 from common import cli, engine  # noqa: E402
+from common.checkpoint import neuron_in, tensor_shape  # noqa: E402
 from common.data import build_cifar  # noqa: E402
 from common.errors import exits_cleanly  # noqa: E402
 from common.losses import smoothed_cross_entropy  # noqa: E402
@@ -41,6 +42,18 @@ def run_name(args) -> str:
     return f"{data}{args.neuron}_T{args.T}_{cli.recipe_tag(args)}"
 
 
+def infer_model_args(state_dict) -> dict:
+    """Width and T of an original-layout (or bare) checkpoint, from its first convolution and PSN."""
+    found = {}
+    conv = tensor_shape(state_dict, "conv.0.weight")
+    if conv is not None and len(conv) == 4:
+        found["channels"] = conv[0]
+    neuron = neuron_in(state_dict, "conv.2.")
+    if neuron.get("neuron") == "psn":
+        found["T"] = neuron["T"]
+    return found
+
+
 def task_for(args) -> engine.Task:
     return engine.Task(
         name="cifar10",
@@ -50,6 +63,7 @@ def task_for(args) -> engine.Task:
         train_loss=smoothed_cross_entropy(args.label_smoothing),
         eval_loss=F.cross_entropy,
         model_args=("channels", "T", "neuron"),
+        infer_model_args=infer_model_args,
     )
 
 

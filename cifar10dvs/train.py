@@ -16,6 +16,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from cifar10dvs.data import build_cifar10dvs  # noqa: E402
 from cifar10dvs.models import VGGSlidingPSN  # noqa: E402
 from common import cli, engine  # noqa: E402
+from common.checkpoint import neuron_in  # noqa: E402
 from common.errors import exits_cleanly  # noqa: E402
 from common.losses import mean_logits_cross_entropy, per_step_outputs_loss  # noqa: E402
 
@@ -46,6 +47,12 @@ def run_name(args) -> str:
     return f"T{args.T}_{args.method}_P{args.order}_{cli.recipe_tag(args)}{'_tet' if args.tet else ''}"
 
 
+def infer_model_args(state_dict) -> dict:
+    """The sliding PSN's order of an original-layout (or bare) checkpoint; its tensors are the same for every T."""
+    neuron = neuron_in(state_dict, "features.1.")
+    return {"order": neuron["order"]} if neuron.get("neuron") == "sliding_psn" else {}
+
+
 def task_for(args) -> engine.Task:
     return engine.Task(
         name="cifar10dvs",
@@ -57,6 +64,7 @@ def task_for(args) -> engine.Task:
         scores=lambda out: out.mean(1),
         global_batch=True,  # -b 32 is the paper's total batch, over however many GPUs
         model_args=("T", "method", "order", "exp_init"),
+        infer_model_args=infer_model_args,
         # Runs from before these settings existed trained with AMP on CUDA and antialiased resizing.
         legacy_args={"resize_antialias": True},
     )

@@ -320,6 +320,30 @@ def _list(keys, limit=8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
+def neuron_in(state_dict: dict, prefix: str) -> dict:
+    """Which PSN of the family a state dict holds under `prefix` (e.g. 'conv.2.'), in the original
+    naming or ours, and what its tensors say: {'neuron', 'T', 'order'} where they tell; {} otherwise."""
+    sd = _strip_prefixes(state_dict)
+    weight = sd.get(f"{prefix}fc.weight", sd.get(f"{prefix}weight"))
+    if not isinstance(weight, torch.Tensor):
+        return {}
+    mask = sd.get(f"{prefix}fc.mask0", sd.get(f"{prefix}mask0"))
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == mask.shape[1]:
+        # The masked PSN's mask0 is a band of k ones below the diagonal: its last row holds k of them.
+        return {"neuron": "masked_psn", "T": mask.shape[0], "order": int(mask[-1].sum().item())}
+    if weight.dim() == 1 and (f"{prefix}threshold" in sd or f"{prefix}bias" in sd):
+        return {"neuron": "sliding_psn", "order": weight.shape[0]}
+    if weight.dim() == 2 and weight.shape[0] == weight.shape[1]:
+        return {"neuron": "psn", "T": weight.shape[0]}
+    return {}
+
+
+def tensor_shape(state_dict: dict, key: str) -> tuple | None:
+    """The shape of `key` in a state dict (DDP / compile prefixes ignored), or None."""
+    value = _strip_prefixes(state_dict).get(key)
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
 def _unwrapped(model: nn.Module) -> nn.Module:
     target = model.module if hasattr(model, "module") else model
     return getattr(target, "_orig_mod", target)

@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from common import cli, engine  # noqa: E402
-from common.checkpoint import load_matching  # noqa: E402
+from common.checkpoint import load_matching, neuron_in, tensor_shape  # noqa: E402
 from common.errors import exits_cleanly  # noqa: E402
 from common.losses import per_step_outputs_loss  # noqa: E402
 from common.neurons import NEURON_ALIASES, NEURON_NAMES, canonical_neuron_name  # noqa: E402
@@ -62,6 +62,22 @@ def load_ann_weights(model, args, report: bool) -> None:
               f"{len(untouched)} of the model keep their initialisation (neurons, pe).", flush=True)
 
 
+def infer_model_args(state_dict) -> dict:
+    """Depth, neuron, order and T of an original-layout (or bare) SEW ResNet checkpoint, from its tensors:
+    ResNet-34 has a third block in layer1, ResNet-18 two; T is the PSN's size or the pe's length."""
+    found = {}
+    if tensor_shape(state_dict, "layer1.1.conv1.weight") is not None:
+        found["model"] = "sew_resnet34" if tensor_shape(state_dict, "layer1.2.conv1.weight") else "sew_resnet18"
+    neuron = neuron_in(state_dict, "sn1.")
+    if "neuron" in neuron:
+        found["neuron"] = neuron["neuron"]
+        found.update({k: neuron[k] for k in ("order", "T") if k in neuron})
+    pe = tensor_shape(state_dict, "pe")
+    if pe is not None and len(pe) == 5:
+        found["T"] = pe[0]
+    return found
+
+
 def task_for(args) -> engine.Task:
     return engine.Task(
         name="imagenet",
@@ -75,6 +91,7 @@ def task_for(args) -> engine.Task:
         scores=lambda out: out.mean(0),
         init_weights=load_ann_weights,
         model_args=("model", "neuron", "order", "T"),
+        infer_model_args=infer_model_args,
     )
 
 

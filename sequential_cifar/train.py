@@ -14,6 +14,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import torch.nn.functional as F  # noqa: E402
 
 from common import cli, engine  # noqa: E402
+from common.checkpoint import neuron_in, tensor_shape  # noqa: E402
 from common.data import build_cifar  # noqa: E402
 from common.errors import UserError, exits_cleanly  # noqa: E402
 from common.losses import smoothed_cross_entropy  # noqa: E402
@@ -104,6 +105,23 @@ def upgrade_checkpoint(ckpt) -> None:
         ckpt.args["neuron"] = "glif_sj"
 
 
+def infer_model_args(state_dict) -> dict:
+    """Width, neuron, order and classes of an original-layout (or bare) checkpoint, from its tensors."""
+    found = {}
+    conv = tensor_shape(state_dict, "conv.0.weight")
+    if conv is not None and len(conv) == 3:
+        found["channels"] = conv[0]
+    neuron = neuron_in(state_dict, "conv.2.")
+    if "neuron" in neuron:
+        found["neuron"] = neuron["neuron"]
+        if "order" in neuron:
+            found["order"] = neuron["order"]
+    classifier = tensor_shape(state_dict, "fc.3.weight")
+    if classifier is not None and classifier[0] in (10, 100):
+        found["num_classes"] = classifier[0]
+    return found
+
+
 def task_for(args) -> engine.Task:
     return engine.Task(
         name="sequential_cifar",
@@ -115,6 +133,7 @@ def task_for(args) -> engine.Task:
         on_epoch_start=set_lambda,
         check_loaded=check_streamable,
         model_args=("channels", "neuron", "order", "exp_init", "num_classes"),
+        infer_model_args=infer_model_args,
         upgrade_checkpoint=upgrade_checkpoint,
     )
 

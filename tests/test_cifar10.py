@@ -279,3 +279,12 @@ def subprocess_run(cmd):
     out = subprocess.run(cmd, cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     return out
+
+
+def test_an_original_checkpoint_evaluates_without_model_flags():
+    """The released layout says channels = 32 and T = 4 through its tensors; an explicit contradiction is refused."""
+    flags = ["--dataset", "digits", "--workers", "0", "--device", "cpu", "--test-only", "--resume",
+             FIXTURES / "cifar10_psn_c32_T4.pth"]
+    assert last_json(run_script(SCRIPT, *flags).stdout)["samples"] == 360
+    refused = run_script(SCRIPT, *flags, "--channels", 8, check=False)
+    assert refused.returncode == 2 and "--channels 8 contradicts" in refused.stderr and "channels=32" in refused.stderr

@@ -204,3 +204,34 @@ def test_a_mid_epoch_checkpoint_needs_its_sums_and_step_size(tmp_path):
 def _save(obj, path):
     torch.save(obj, path)
     return path
+
+
+@pytest.mark.parametrize("fixture,expected", [
+    ("cifar10_psn_c32_T4.pth", ("cifar10", {"channels": 32, "T": 4})),
+    ("seqcifar10_psn_c16.pth", ("sequential_cifar", {"channels": 16, "neuron": "psn", "num_classes": 10})),
+    ("seqcifar100_masked_psn_P8_c16.pth",
+     ("sequential_cifar", {"channels": 16, "neuron": "masked_psn", "order": 8, "num_classes": 100})),
+    ("seqcifar10_sliding_psn_P8_c16.pth",
+     ("sequential_cifar", {"channels": 16, "neuron": "sliding_psn", "order": 8, "num_classes": 10})),
+])
+def test_original_layouts_tell_their_model_settings(fixture, expected):
+    import importlib
+
+    task, settings = expected
+    infer = importlib.import_module(f"{task}.train").infer_model_args
+    assert infer(read_checkpoint(FIXTURES / fixture).state_dict) == settings
+    ours = CIFAR10Net(channels=12, T=6).state_dict()  # bare weights in our naming too
+    if task == "cifar10":
+        assert infer(ours) == {"channels": 12, "T": 6}
+
+
+def test_dvs_and_imagenet_layouts_tell_their_model_settings():
+    from cifar10dvs.train import infer_model_args as dvs
+    from conftest import manifest
+    from imagenet.train import infer_model_args as inet
+
+    def zeros(name):
+        return {key: torch.zeros(shape) for key, shape, _ in manifest(name)}
+
+    assert dvs(zeros("cifar10dvs_vgg_spsn.tsv")) == {"order": 2}
+    assert inet(zeros("imagenet_sew_resnet18_T4.tsv")) == {"model": "sew_resnet18", "neuron": "psn", "T": 4}

@@ -155,15 +155,24 @@ def test_released_layout_loads_safely_and_computes_the_original_function(tmp_pat
     assert 0 < model.sn1(model.bn1(model.conv1(images.unsqueeze(0).repeat(4, 1, 1, 1, 1)))).mean() < 1
 
 
-def test_wrong_checkpoint_is_refused_with_the_keys_named(image_folder, tmp_path):
+def test_the_released_layout_needs_no_model_flags_and_its_1000_classes_score_a_smaller_folder(image_folder,
+                                                                                                 tmp_path):
     sd = manifest_state_dict("imagenet_sew_resnet34_T4.tsv")
     torch.save({"model": sd, "epoch": 1, "args": argparse.Namespace(model="sew_resnet34"), "max_test_acc1": 1.0},
                tmp_path / "r34.pth")
+    assert inet_train.infer_model_args(sd) == {"model": "sew_resnet34", "neuron": "psn", "T": 4}
     result = run_script(SCRIPT, "--data-path", image_folder, *SMALL, "--model", "sew_resnet18", "--test-only",
                         "--resume", tmp_path / "r34.pth", check=False)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     err = result.stderr.strip().splitlines()[-1]
-    assert err.startswith("error: ") and "unexpected keys: layer1.2." in err
+    assert err.startswith("error: --model sew_resnet18 contradicts") and "model=sew_resnet34" in err
+
+    # No model flags: ResNet-34, PSN, T = 4 and 1000 classes come from the file; the folder's 6 labels
+    # index the first 6 of them.
+    result = run_script(SCRIPT, "--data-path", image_folder, *SMALL, "--test-only", "--resume", tmp_path / "r34.pth")
+    assert "the checkpoint has 1000 classes and the data 6" in result.stdout
+    record = last_json(result.stdout)
+    assert record["samples"] == 18 and "test_acc5" in record
 
 
 def test_every_depth_builds_with_the_torchvision_keys():
