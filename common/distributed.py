@@ -65,15 +65,24 @@ def teardown() -> None:
 
 
 def is_peer_failure(error: BaseException) -> bool:
-    """Whether an exception is a collective that failed: a peer gone, hung past the timeout, or unreachable."""
+    """Whether an exception is a collective that failed (a peer gone, hung past the timeout, unreachable):
+    torch's distributed error types, an error raised inside torch.distributed / DDP, or the backends'
+    messages (gloo and NCCL raise plain RuntimeErrors from C++)."""
     if not (dist.is_available() and dist.is_initialized()):
         return False
     if isinstance(error, getattr(dist, "DistError", ())):
         return True
-    text = str(error)
-    return isinstance(error, RuntimeError) and any(
-        marker in text for marker in ("gloo", "Gloo", "NCCL", "Connection closed by peer", "Connection reset",
-                                      "Timed out", "timed out", "Broken pipe"))
+    if not isinstance(error, RuntimeError):
+        return False
+    frame = error.__traceback__
+    while frame is not None:
+        path = frame.tb_frame.f_code.co_filename.replace(os.sep, "/")
+        if "/torch/distributed/" in path or path.endswith("/torch/nn/parallel/distributed.py"):
+            return True
+        frame = frame.tb_next
+    text = str(error).lower()
+    return any(marker in text for marker in ("gloo", "nccl", "connection closed", "connection reset", "timed out",
+                                             "timeout", "pair closure", "broken pipe"))
 
 
 def barrier(env: DistEnv) -> None:

@@ -35,7 +35,7 @@ from common.checkpoint import (FORMAT, checkpoint_classes, load_model_weights, l
 from common.cli import check_args
 from common.data import DataBundle, make_loader
 from common.errors import UserError, one_sentence
-from common.stops import RunStopped, StopRequests, resume_command, signal_name
+from common.stops import Interrupted, RunStopped, StopRequests, resume_command, signal_name
 
 
 @dataclass
@@ -77,6 +77,11 @@ INVOCATION_ARGS = frozenset({
     "load", "explicit", "spike_stats", "compile", "dist_timeout"})
 # Every run before --drop-last existed dropped the last partial batch.
 LEGACY_ARGS = {"drop_last": True}
+
+
+# Under DDP, the processes check for a stop request together every this many steps (one small
+# all-reduce and host sync): a cluster's warning signal comes a minute or two before the end.
+STOP_CHECK_STEPS = 10
 
 
 class TrainingDiverged(UserError):
@@ -251,8 +256,10 @@ def train_one_epoch(model: nn.Module, loader, optimizer, task: Task, ctx: Contex
             sums += torch.stack([loss.detach().double() * n, (task.scores(output).argmax(-1) == hard).sum().double(),
                                  sums.new_tensor(n)])
         at_print = step % ctx.args.print_freq == 0
-        # Host syncs only every --print-freq steps; one process may also stop at any step.
-        if at_print or (ctx.stops.requested and not ctx.env.enabled):
+        # Host syncs only every --print-freq steps, and under DDP every STOP_CHECK_STEPS to agree
+        # on a stop (a cluster gives seconds); one process stops at the first step it can.
+        if at_print or (ctx.env.enabled and step % STOP_CHECK_STEPS == 0) or (
+                ctx.stops.requested and not ctx.env.enabled):
             stop = _sync_point(ctx, sums[0], epoch)
             if at_print:
                 loss_now, acc_now = sums[0].item() / sums[2].item(), 100 * sums[1].item() / sums[2].item()
@@ -390,6 +397,8 @@ def run(task_for: Callable[[Namespace], Task] | Task, args: Namespace) -> dict:
             return _run(task, ctx, ckpt)
     except KeyboardInterrupt:  # Ctrl-C: at once, with the checkpoints already written
         raise _stopped(ctx, signal.SIGINT, "") from None
+    except Interrupted as e:  # SIGTERM / SIGUSR1 outside the training loop: nothing half-done to save
+        raise _stopped(ctx, e.signum, "") from None
     except RuntimeError as e:
         if env.enabled and D.is_peer_failure(e):
             raise PeerLost(f"Another process of this run failed or stopped answering (no reply within "
@@ -534,11 +543,12 @@ def _run(task: Task, ctx: Context, ckpt) -> dict:
         print(f"run directory: {state.run_dir} (epoch {state.epoch + 1}{where} of {args.epochs})", flush=True)
     stop_at = args.epochs if args.stop_after is None else min(args.epochs, state.epoch + args.stop_after)
     extra = {}
+    ctx.stops.deferred = True  # from here a stop signal waits for a step's end (and a checkpoint)
     try:
         while state.epoch < stop_at:
             ctx.epochs_after = stop_at - state.epoch - 1
             extra = _train_epoch(t, state, task, ctx)
-            if _agree_to_stop(ctx):  # a signal during evaluation or the save: the epoch is in its checkpoint
+            if state.epoch < stop_at and _agree_to_stop(ctx):  # a signal during evaluation or the save
                 raise _stopped(ctx, ctx.stops.signum, f"after epoch {state.epoch}")
     except UserError as e:  # bad data met mid-run (an unreadable image, say): say how to go on
         latest = state.run_dir / runlog.LATEST
@@ -546,6 +556,7 @@ def _run(task: Task, ctx: Context, ckpt) -> dict:
                if latest.is_file() else "no epoch had finished, so there is no checkpoint yet")
         raise type(e)(f"{one_sentence(e)} The run stopped in epoch {state.epoch + 1}; {how}.") from None
     finally:
+        ctx.stops.deferred = False
         if t.writer is not None:
             t.writer.close()
     return _finish(state, ctx, extra=extra)

@@ -30,16 +30,26 @@ def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-class StopRequests:
-    """While active, SIGTERM and SIGUSR1 record a request (`signum`) instead of ending the process.
+class Interrupted(BaseException):
+    """SIGTERM or SIGUSR1 outside the training loop: raised at once, as Ctrl-C raises KeyboardInterrupt."""
 
-    The handler only sets a field: the training loop looks at it between steps, where stopping
-    is safe. Outside the main thread (where Python cannot install handlers) signals keep
-    their usual effect.
+    def __init__(self, signum: int):
+        super().__init__(signal_name(signum))
+        self.signum = signum
+
+
+class StopRequests:
+    """While active, SIGTERM and SIGUSR1 stop the process cleanly.
+
+    While `deferred` (the training loop), the handler only records the request (`signum`): the
+    loop looks at it between steps, where stopping is safe, and writes a mid-epoch checkpoint.
+    Elsewhere (building the data, --test-only) it raises Interrupted at once. Outside the main
+    thread (where Python cannot install handlers) signals keep their usual effect.
     """
 
     def __init__(self):
         self.signum: int | None = None
+        self.deferred = False
         self._previous = {}
 
     def __enter__(self) -> "StopRequests":
@@ -57,6 +67,8 @@ class StopRequests:
 
     def _record(self, signum, frame) -> None:
         self.signum = signum
+        if not self.deferred:
+            raise Interrupted(signum)
 
     @property
     def requested(self) -> bool:

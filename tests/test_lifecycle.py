@@ -88,10 +88,11 @@ def test_a_hung_ddp_peer_ends_the_run_with_one_error_line_within_the_dist_timeou
     cmd = torchrun + ["--standalone", "--nproc_per_node=2", str(ROOT / SCRIPT), *map(str, QUICK), "--epochs", "3",
                       "--print-freq", "1", "--dist-timeout", "0.15", "--output-dir", str(tmp_path), "--run-name", "h"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    errors, stopped_at = [], []
+    errors, stopped_at, everything = [], [], []
 
     def read_stderr():
         for line in proc.stderr:
+            everything.append(line)
             if line.startswith("error: "):
                 errors.append((time.monotonic(), line.strip()))
 
@@ -107,12 +108,13 @@ def test_a_hung_ddp_peer_ends_the_run_with_one_error_line_within_the_dist_timeou
         deadline = time.monotonic() + 120
         while not errors and time.monotonic() < deadline:
             time.sleep(0.2)
-        os.kill(frozen, signal.SIGKILL)  # torchrun would take 30 s more to kill a frozen process
+        if proc.poll() is None:
+            os.kill(frozen, signal.SIGKILL)  # torchrun would take 30 s more to kill a frozen process
         proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert len(errors) == 1, errors
+    assert len(errors) == 1, "".join(everything)[-5000:]
     waited, line = errors[0][0] - stopped_at[0], errors[0][1]
     assert "--dist-timeout 0.15 min" in line and "stops too" in line, line
     assert 9 <= waited < 60, waited  # the timeout, plus a step's worth of slack on a loaded machine
@@ -155,3 +157,31 @@ def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(tmp_path):
         assert not list((disk / "r").glob(".checkpoint_*.tmp"))
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_under_torchrun_a_stop_signal_stops_every_process_at_one_step_and_the_run_resumes(tmp_path, torchrun):
+    """SIGUSR1 to the launcher (told to forward it, as the README's SLURM example does): both processes stop at
+    the same step, rank 0 writes the mid-epoch checkpoint and prints the resume command, which finishes the run."""
+    import shlex
+
+    args = [*map(str, QUICK), "--epochs", "2", "--print-freq", "3", "--output-dir", str(tmp_path), "--run-name", "d"]
+    launcher = torchrun + ["--standalone", "--nproc_per_node=2", "--signals-to-handle=SIGTERM,SIGINT,SIGUSR1"]
+    proc = subprocess.Popen(launcher + [str(ROOT / SCRIPT), *args], cwd=ROOT, env=script_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1/2") and " step 3/" in line:
+            proc.send_signal(signal.SIGUSR1)
+            break
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "Resume with:\n  torchrun --nproc_per_node=2 " in err, err
+    assert err.count("SIGUSR1: stopped in epoch 1 after step") == 1  # rank 0 speaks for both
+    mid = torch.load(tmp_path / "d" / "checkpoint_latest.pth", weights_only=True)
+    # The processes agree at the --print-freq steps (3, 6, ...) and every 10th: after step 3, before the epoch's end.
+    assert 3 < mid["step"] < 22 and (mid["step"] % 3 == 0 or mid["step"] % 10 == 0), mid["step"]
+    assert mid["epoch_sums"][2] == 2 * 32 * mid["step"] and mid["step_samples"] == 64
+
+    command = shlex.split(err.split("Resume with:\n", 1)[1].splitlines()[0])  # torchrun's own report follows
+    assert command[:2] == ["torchrun", "--nproc_per_node=2"]
+    resumed = run_script(SCRIPT, *command[3:], launcher=torchrun + ["--standalone", "--nproc_per_node=2"])
+    assert f"(epoch 1, step {mid['step'] + 1} of 2)" in resumed.stdout
+    assert last_json(resumed.stdout)["epochs_done"] == 2
