@@ -378,10 +378,11 @@ def run(task_for: Callable[[Namespace], Task] | Task, args: Namespace) -> dict:
     task = task_for(args)
     ckpt = None
     if args.resume == "auto":  # the same command line for every restart of a cluster job
-        latest = Path(args.output_dir) / (args.run_name or task.run_name(args)) / runlog.LATEST
-        args.resume = str(latest) if latest.is_file() else None
+        run_dir = Path(args.output_dir) / (args.run_name or task.run_name(args))
+        found = runlog.resumable_checkpoint(run_dir)
+        args.resume = None if found is None else str(found)
         if args.test_only and args.resume is None:
-            raise UserError(f"--test-only --resume auto found no {latest}.")
+            raise UserError(f"--test-only --resume auto found no checkpoint in {run_dir}.")
     if args.resume:
         ckpt = read_checkpoint(args.resume)
         if ckpt.layout == "ours":

@@ -16,13 +16,23 @@ def checkpoints_in(run_dir: Path) -> list[str]:
     return sorted(p.name for p in Path(run_dir).glob("checkpoint_*.pth"))
 
 
+def resumable_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a run directory continues from: checkpoint_latest, or, where a kill came between
+    the two saves of a new best epoch (checkpoint_max is written first), checkpoint_max."""
+    for name in (LATEST, BEST):
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    return None
+
+
 def claim_new_run_dir(run_dir: Path) -> Path:
     """The directory of a new run; one that already holds checkpoints is refused, never overwritten."""
     run_dir = Path(run_dir)
     found = checkpoints_in(run_dir) if run_dir.is_dir() else []
     if found:
+        resume = resumable_checkpoint(run_dir) or run_dir / found[0]
         raise UserError(f"Run directory {run_dir} already holds {', '.join(found)}; continue it with "
-                        f"--resume {run_dir / LATEST}, or choose another --output-dir or --run-name.")
+                        f"--resume {resume} (or --resume auto), or choose another --output-dir or --run-name.")
     return run_dir
 
 

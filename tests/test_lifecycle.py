@@ -61,15 +61,19 @@ def test_resume_never_rewinds_and_forks_on_request(tmp_path):
 
 
 def test_resume_auto_restores_a_missing_best_checkpoint_and_removes_stray_temporaries(tmp_path):
-    flags = [*QUICK, "--epochs", 2, "--stop-after", 1, "--output-dir", tmp_path, "--run-name", "r", "--resume", "auto"]
-    assert last_json(run_script(SCRIPT, *flags).stdout)["epochs_done"] == 1  # nothing there yet: a new run
+    flags = [*QUICK, "--epochs", 3, "--output-dir", tmp_path, "--run-name", "r", "--resume", "auto"]
+    assert last_json(run_script(SCRIPT, *flags, "--stop-after", 1).stdout)["epochs_done"] == 1  # a new run
     run = tmp_path / "r"
     (run / "checkpoint_max.pth").unlink()  # as a kill between the two saves of a new best epoch could
     (run / ".checkpoint_latest.pth.abc123.tmp").write_bytes(b"half a checkpoint")
-    assert last_json(run_script(SCRIPT, *flags).stdout)["epochs_done"] == 2  # the same command continues
+    assert last_json(run_script(SCRIPT, *flags, "--stop-after", 1).stdout)["epochs_done"] == 2  # the same command
     assert not list(run.glob(".checkpoint_*.tmp"))
     best = torch.load(run / "checkpoint_max.pth", weights_only=True)
     assert best["best_acc1"] is not None and best["epoch"] in (0, 1)
+    # Killed after checkpoint_max of a new best epoch, before checkpoint_latest: the same command continues
+    # from checkpoint_max (the epochs after it are replayed).
+    (run / "checkpoint_latest.pth").unlink()
+    assert last_json(run_script(SCRIPT, *flags).stdout)["epochs_done"] == 3
 
 
 def _worker_of_rank(launcher_pid: int, rank: int) -> int:
