@@ -235,3 +235,29 @@ def test_dvs_and_imagenet_layouts_tell_their_model_settings():
 
     assert dvs(zeros("cifar10dvs_vgg_spsn.tsv")) == {"order": 2}
     assert inet(zeros("imagenet_sew_resnet18_T4.tsv")) == {"model": "sew_resnet18", "neuron": "psn", "T": 4}
+
+
+def test_stop_requests_wait_for_the_loop_or_interrupt_at_once(monkeypatch):
+    import os
+    import signal
+
+    from common.stops import Interrupted, StopRequests, resume_command
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequests() as stops:
+        stops.deferred = True  # the training loop: recorded, looked at between steps
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stops.requested and stops.signum == signal.SIGUSR1
+        stops.deferred = False  # elsewhere (data building, --test-only): at once
+        with pytest.raises(Interrupted):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) == before  # restored on leaving
+
+    monkeypatch.setattr("sys.argv", ["cifar10/train.py", "--epochs", "3", "--resume=old.pth", "-resume", "x.pth",
+                                     "--run-name", "a b"])
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert resume_command("runs/a b/checkpoint_latest.pth").endswith(
+        "cifar10/train.py --epochs 3 --run-name 'a b' --resume 'runs/a b/checkpoint_latest.pth'")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resume_command("c.pth").startswith("torchrun --nproc_per_node=4 cifar10/train.py --epochs 3")
