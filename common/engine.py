@@ -175,6 +175,7 @@ class RunState:
     epoch: int = 0  # the next epoch to train, 0-based
     step: int = 0  # batches of that epoch already trained (> 0 after a mid-epoch checkpoint)
     epoch_sums: list | None = None  # that epoch's running [loss * n, correct, samples, seconds] at `step`
+    rng: dict | None = None  # the generators' states at `step`, restored when the epoch goes on
     best_acc1: float | None = None
     last_acc1: float | None = None
     resumed_from: str | None = None  # the checkpoint this invocation started from

@@ -68,6 +68,17 @@ def test_two_epoch_run_writes_args_events_checkpoints_and_json(two_epoch_run):
     assert ckpt["step"] == 0 and ckpt["epoch_sums"] is None  # an epoch's end
 
 
+def _assert_same_weights_and_momenta(run_a, run_b):
+    """The two runs' last checkpoints hold the same weights and SGD momenta, bit for bit; returns both."""
+    a = torch.load(run_a / "checkpoint_latest.pth", weights_only=True)
+    b = torch.load(run_b / "checkpoint_latest.pth", weights_only=True)
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    for pid, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][pid]["momentum_buffer"])
+    return a, b
+
+
 def test_stopped_and_resumed_run_is_bit_identical_to_one_go(two_epoch_run, tmp_path):
     one_go, _ = two_epoch_run
     first = run_script(SCRIPT, *QUICK, "--epochs", 2, "--stop-after", 1, "--output-dir", tmp_path, "--run-name", "run")
@@ -76,12 +87,7 @@ def test_stopped_and_resumed_run_is_bit_identical_to_one_go(two_epoch_run, tmp_p
     second = run_script(SCRIPT, *QUICK, "--epochs", 2, "--resume", split / "checkpoint_latest.pth")
     assert last_json(second.stdout)["epochs_done"] == 2
 
-    a = torch.load(one_go / "checkpoint_latest.pth", weights_only=True)
-    b = torch.load(split / "checkpoint_latest.pth", weights_only=True)
-    for key, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][key]), key
-    for pid, state in a["optimizer"]["state"].items():
-        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][pid]["momentum_buffer"])
+    a, b = _assert_same_weights_and_momenta(one_go, split)
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]  # the learning rate among them
 
     sa, sb = read_scalars(one_go), read_scalars(split)
@@ -264,12 +270,7 @@ def test_signals_stop_cleanly_and_a_mid_epoch_checkpoint_resumes_bit_identically
     finished = subprocess_run(again)
     assert last_json(finished.stdout)["epochs_done"] == 2
 
-    a = torch.load(one_go / "checkpoint_latest.pth", weights_only=True)
-    b = torch.load(run / "checkpoint_latest.pth", weights_only=True)
-    for key, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][key]), key
-    for pid, state in a["optimizer"]["state"].items():
-        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][pid]["momentum_buffer"])
+    _assert_same_weights_and_momenta(one_go, run)
     sa, sb = read_scalars(one_go), read_scalars(run)
     for tag in TAGS - TIMING:  # train/loss and train/acc1 included: the running sums went on exactly
         assert sa[tag] == sb[tag], tag
