@@ -6,43 +6,39 @@
 The original command runs unchanged:
     python cifar10/train.py -data-dir /datasets/CIFAR10 -amp -opt sgd -channels 256 -epochs 1024 -device cuda:0 -T 4
 """
-import argparse
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import torch.nn.functional as F  # noqa: E402
-
-from cifar10.models import CIFAR10Net, psn_factory  # noqa: E402
-from common import cli, engine  # noqa: E402
-from common.checkpoint import neuron_in, tensor_shape  # noqa: E402
+from cifar10.models import CIFAR10Net  # noqa: E402
+from common import cli  # noqa: E402
 from common.data import build_cifar  # noqa: E402
 from common.errors import exits_cleanly  # noqa: E402
 from common.losses import smoothed_cross_entropy  # noqa: E402
+from common.run import run  # noqa: E402
+from common.task import Task  # noqa: E402
+from common.weights import neuron_in, tensor_shape  # noqa: E402
 
-NEURONS = {"psn": "psn", "if5": "psn"}  # the original called the PSN IFNode5
 
-
-def parse_args(argv=None):
+def parser():
     p = cli.build_parser(__doc__.splitlines()[0], epochs=1024, batch_size=128, opt="sgd", lr=0.1, momentum=0.9,
                          weight_decay=0.0, T=4, output_dir="./runs/cifar10")
     cli.add_cifar_flags(p, ("cifar10", "digits"))
-    p.add_argument("--neuron", "-neu", choices=sorted(NEURONS), default="psn", help="spiking neuron (if5: the original name)")
+    # The network of the paper's CIFAR-10 run: the PSN (IFNode5 in the original).
+    p.add_argument("--neuron", "-neu", type=cli.neuron_name, choices=("psn",), default="psn", kind=cli.MODEL,
+                   help="spiking neuron (if5: the original name)")
     # The original script's surrogate flag had one choice, the ATan every PSN here uses: accepted, not kept.
-    p.add_argument("-sg", dest="original_sg", choices=["atan"], help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    del args.original_sg
-    args.neuron = NEURONS[args.neuron]
-    return args
+    cli.accept_and_ignore(p, "-sg", choices=["atan"])
+    return p
 
 
-def run_name(args) -> str:
-    data = "" if args.dataset == "cifar10" else f"{args.dataset}_"
-    return f"{data}{args.neuron}_T{args.T}_{cli.recipe_tag(args)}"
+def run_name(settings) -> str:
+    data = "" if settings.dataset == "cifar10" else f"{settings.dataset}_"
+    return f"{data}{settings.neuron}_T{settings.T}_{cli.recipe_tag(settings)}"
 
 
-def infer_model_args(state_dict) -> dict:
+def infer_settings(state_dict) -> dict:
     """Width and T of an original-layout (or bare) checkpoint, from its first convolution and PSN."""
     found = {}
     conv = tensor_shape(state_dict, "conv.0.weight")
@@ -54,23 +50,20 @@ def infer_model_args(state_dict) -> dict:
     return found
 
 
-def task_for(args) -> engine.Task:
-    return engine.Task(
-        name="cifar10",
-        build_data=lambda a: build_cifar(a.dataset, a.data_dir, a.download, a.augment),
-        build_model=lambda a, classes: CIFAR10Net(a.channels, a.T, classes, psn_factory(a.T)),
-        run_name=run_name,
-        train_loss=smoothed_cross_entropy(args.label_smoothing),
-        eval_loss=F.cross_entropy,
-        model_args=("channels", "T", "neuron"),
-        infer_model_args=infer_model_args,
-    )
+TASK = Task(
+    name="cifar10",
+    parser=parser,
+    build_data=lambda s: build_cifar(s.dataset, s.data_dir, s.download, s.augment),
+    build_model=lambda s, classes: CIFAR10Net(s.channels, s.T, classes, s.neuron),
+    run_name=run_name,
+    train_loss=lambda s: smoothed_cross_entropy(s.label_smoothing),
+    infer_settings=infer_settings,
+)
 
 
 @exits_cleanly
 def main(argv=None):
-    args = parse_args(argv)
-    return engine.run(task_for, args)
+    return run(TASK, argv)
 
 
 if __name__ == "__main__":

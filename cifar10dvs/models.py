@@ -11,7 +11,7 @@ so the released `model_dvs` checkpoints load unchanged.
 import torch
 import torch.nn as nn
 
-from common.neurons import SlidingPSN
+from common.neuron_registry import create_neuron
 
 # Conv widths; "M" marks an average pooling.
 VGG_LAYOUT = (64, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -52,7 +52,7 @@ class VGGSlidingPSN(nn.Module):
             if item == "M":
                 features.append(SeqToANN(nn.AvgPool2d(2)))
             else:
-                features += [ConvBN(channels, item), SlidingPSN(k=order, exp_init=exp_init, step_mode="m")]
+                features += [ConvBN(channels, item), create_neuron("sliding_psn", None, order=order, exp_init=exp_init)]
                 channels = item
         self.features = nn.Sequential(*features)
         # The original wrote nn.Dropout2d on the 2-D [N*T, 4608] features, which torch applies

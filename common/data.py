@@ -18,8 +18,8 @@ from torchvision import datasets
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from common.distributed import DistEnv, ShardSampler
-from common.errors import UserError
+from .distributed import DistEnv, ShardSampler
+from .errors import UserError
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -126,8 +126,14 @@ class EpochSeeded(Dataset):
     def __getitem__(self, key):
         epoch, index = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
             return self.dataset[index]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation in one epoch, within torch's 64-bit seed range for every
+    --seed (the same value as the plain formula wherever that did not overflow)."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**64
 
 
 def _draw_seed() -> int:

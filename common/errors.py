@@ -25,7 +25,7 @@ def one_sentence(error: UserError) -> str:
 def exits_cleanly(main):
     """Wrap a command's main(): a UserError prints `error: <sentence>` on stderr and exits with its code
     (2); a run stopped by a signal prints what it saved and how to resume, and exits with 128 + signal."""
-    from common.stops import RunStopped
+    from .stops import RunStopped, ignore_further_signals
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -35,10 +35,12 @@ def exits_cleanly(main):
             print(f"error: {one_sentence(e)}", file=sys.stderr, flush=True)
             sys.exit(e.exit_code)
         except RunStopped as e:
+            ignore_further_signals()
             if str(e):
                 print(str(e), file=sys.stderr, flush=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:  # Ctrl-C before or after the run proper: nothing to save
+            ignore_further_signals()
             sys.exit(130)
 
     return wrapper

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import base, surrogate
 
-__all__ = ["PSN", "MaskedPSN", "SlidingPSN", "create_neuron", "canonical_neuron_name", "NEURON_NAMES"]
+__all__ = ["PSN", "MaskedPSN", "SlidingPSN"]
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -48,7 +48,7 @@ def _time_linear(weight: torch.Tensor, bias: torch.Tensor, x_seq: torch.Tensor) 
 
 def _kernels():
     """common.kernels, imported on first use (it loads Triton)."""
-    from common import kernels
+    from . import kernels
 
     return kernels
 
@@ -153,6 +153,12 @@ class MaskedPSN(base.MemoryModule):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"MaskedPSN.lambda_ must lie in [0, 1], got {value}.")
         self._lambda_.fill_(value)
+
+    @staticmethod
+    def lambda_schedule(epoch: int, epochs: int) -> float:
+        """The original training schedule: lambda = min(8 * epoch / (epochs - 1), 1) at each epoch's start
+        (0-based epochs), so the first eighth of training moves from a PSN to the masked PSN."""
+        return 1.0 if epochs <= 1 else min(8.0 * epoch / (epochs - 1), 1.0)
 
     def masked_weight(self) -> torch.Tensor:
         # One formula for every lambda (no branch on a device tensor, so no host
@@ -265,55 +271,3 @@ class SlidingPSN(base.MemoryModule):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self.k}, backend={self.backend}"
-
-
-# The neurons of the paper's experiments, by name. The original repository's names
-# are aliases, so its commands (`-neu if5`, `-neu mspsn`, ...) keep working.
-NEURON_ALIASES = {"if5": "psn", "if5pmd8": "masked_psn", "mspsn": "sliding_psn", "lifnr": "lif_no_reset",
-                  "plif_torch": "plif"}
-NEURON_NAMES = ("psn", "masked_psn", "sliding_psn", "lif", "plif", "klif", "glif", "lif_no_reset", "glif_sj")
-
-
-def canonical_neuron_name(name: str) -> str:
-    name = NEURON_ALIASES.get(name, name)
-    if name not in NEURON_NAMES:
-        raise ValueError(f"Unknown neuron {name!r}; choose one of {', '.join(NEURON_NAMES)} "
-                         f"(or the original names {', '.join(NEURON_ALIASES)}).")
-    return name
-
-
-def create_neuron(name: str, T: int, *, order: int | None = None, exp_init: bool = False,
-                  channels: int | None = None) -> nn.Module:
-    """A multi-step spiking neuron as the paper configured it, each with its own ATan surrogate.
-
-    `order` is the masked/sliding PSN's k; `channels` the feature count for the
-    channel-wise GLIF. LIF and PLIF: tau 2, soft reset, detached reset; KLIF:
-    soft reset; LIF without reset: tau 2, threshold 1; GLIF: the original's gated LIF
-    (`common.baselines.GLIF`); glif_sj: SpikingJelly's GatedLIFNode, for comparison.
-    """
-    from spikingjelly.activation_based import neuron as sj_neuron
-
-    from common.baselines import GLIF, LIFNoReset, SpikingJellyGLIF
-
-    name = canonical_neuron_name(name)
-    sg = surrogate.ATan()
-    if name == "psn":
-        return PSN(T=T, surrogate_function=sg)
-    if name in ("masked_psn", "sliding_psn") and order is None:
-        raise ValueError(f"{name} needs its order (k, the original's -P).")
-    if name == "masked_psn":
-        return MaskedPSN(k=order, T=T, surrogate_function=sg, step_mode="m")
-    if name == "sliding_psn":
-        return SlidingPSN(k=order, exp_init=exp_init, surrogate_function=sg, step_mode="m")
-    if name == "lif":
-        return sj_neuron.LIFNode(tau=2.0, v_reset=None, detach_reset=True, surrogate_function=sg, step_mode="m")
-    if name == "plif":
-        return sj_neuron.ParametricLIFNode(init_tau=2.0, v_reset=None, detach_reset=True, surrogate_function=sg,
-                                           step_mode="m")
-    if name == "klif":
-        return sj_neuron.KLIFNode(v_reset=None, surrogate_function=sg, step_mode="m")
-    if name in ("glif", "glif_sj"):
-        if channels is None:
-            raise ValueError(f"{name} is channel-wise: create_neuron needs channels=.")
-        return GLIF(T=T, channels=channels) if name == "glif" else SpikingJellyGLIF(T, channels, sg)
-    return LIFNoReset(tau=2.0, surrogate_function=sg)

@@ -1,15 +1,47 @@
-"""Run directories: one per run, holding args.txt, TensorBoard events and the checkpoints."""
+"""Run directories: one per run, holding args.txt, TensorBoard events, metrics.jsonl, summary.json
+and the checkpoints; one run owns its directory at a time (RunLock)."""
 import json
+import math
 import os
 import shlex
+import stat
 import sys
-from argparse import Namespace
 from pathlib import Path
 
-from common.errors import UserError
+from .errors import UserError
 
 LATEST = "checkpoint_latest.pth"
 BEST = "checkpoint_max.pth"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+ARGS = "args.txt"
+LOCK = ".run.lock"
+# The files a run writes by these names: each must be a regular file where it exists.
+RUN_FILES = (ARGS, METRICS, SUMMARY, LATEST, BEST, "code.diff")
+
+
+def strict_json(record: dict) -> str:
+    """JSON that every parser reads: NaN and infinities become null (with a warning on stderr)."""
+    bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        print(f"warning: {', '.join(bad)} not finite; written as null.", file=sys.stderr, flush=True)
+        record = {k: (None if k in bad else v) for k, v in record.items()}
+    return json.dumps(record)
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Refuse a run directory where one of the run's files is a folder, a link or another odd thing:
+    writing through it would fail halfway through the run, or land outside the directory."""
+    for name in RUN_FILES:
+        path = Path(run_dir) / name
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a link" if stat.S_ISLNK(mode) else "not a regular file"
+            raise UserError(f"{path} is {kind}, where the run keeps its {name}; move it away, or choose another "
+                            "--output-dir or --run-name.")
 
 
 def checkpoints_in(run_dir: Path) -> list[str]:
@@ -40,11 +72,10 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in sys.argv)
 
 
-def write_args(run_dir: Path, args: Namespace, resumed_from: str | None, task: str) -> None:
-    """args.txt: the task and parsed arguments as JSON, then the command line; a resume appends its own."""
+def write_args(run_dir: Path, settings: dict, resumed_from: str | None, task: str) -> None:
+    """args.txt: the task and settings as JSON, then the command line; a resume appends its own."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "args.txt"
-    settings = {k: v for k, v in vars(args).items() if k != "explicit"}
+    path = run_dir / ARGS
     record = json.dumps({"task": task, **settings}, sort_keys=True, default=str)
     if resumed_from is None or not path.exists():
         origin = f"# started from {resumed_from}\n" if resumed_from is not None else ""
@@ -59,10 +90,6 @@ def open_writer(run_dir: Path, start_epoch: int):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(run_dir), purge_step=start_epoch if start_epoch > 0 else None)
-
-
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -97,9 +124,6 @@ def write_summary(run_dir: Path, text: str) -> None:
     _atomic_write(Path(run_dir) / SUMMARY, text + "\n")
 
 
-LOCK = ".run.lock"
-
-
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -114,17 +138,21 @@ class RunLock:
     """One run per directory: a lock file created exclusively (host and PID inside), removed at exit.
 
     A lock left by a process that is gone (killed -9, a crashed node on this host) is taken
-    over with a warning; a live one, or one from another host, makes the claim fail.
+    over with a warning; a live one, or one from another host, makes the claim fail. A run that
+    ends before writing anything (missing data, say) leaves no directory behind.
     """
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK
         self.held = False
+        self.created: list[Path] = []  # the folders the claim made, innermost first
 
     def claim(self) -> "RunLock":
         import socket
 
+        missing = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.created = missing
         me = f"{socket.gethostname()} {os.getpid()}"
         for _ in range(2):
             try:
@@ -156,6 +184,11 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+            for folder in self.created:  # still empty: the run wrote nothing
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 def remove_stray_temporaries(run_dir: Path) -> list[str]:

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import base
 
-from common import distributed as D
-from common.neurons import PSN, MaskedPSN, SlidingPSN
+from . import distributed as D
+from .neuron_registry import entry_of
 
 E_AC_PJ, E_MAC_PJ = 0.9, 4.6  # SpikingJelly's SimpleEnergyCostConfig.fp32()
 
@@ -27,7 +27,7 @@ def spiking_layers(model: nn.Module) -> dict[str, nn.Module]:
     state between calls but follows the same protocol)."""
     layers = {}
     for name, module in model.named_modules():
-        if isinstance(module, (PSN, MaskedPSN, SlidingPSN)) or (
+        if entry_of(module) is not None or (
                 isinstance(module, base.MemoryModule) and hasattr(module, "surrogate_function")):
             layers[name] = module
     return layers
@@ -74,7 +74,7 @@ def operations_per_sample(model: nn.Module, images: torch.Tensor) -> dict[str, f
     from spikingjelly.activation_based import functional
     from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter, SynOpCounter
 
-    from common import kernels
+    from . import kernels
 
     synops, macs = SynOpCounter(), MACCounter()
     was_training = model.training
@@ -95,15 +95,19 @@ def psn_weight_images(model: nn.Module, T: int) -> dict[str, torch.Tensor]:
     """Each PSN-family layer's effective [T, T] weight, scaled to [0, 1], as [1, T, T] images."""
     images = {}
     for name, module in model.named_modules():
-        if isinstance(module, MaskedPSN):
-            weight = module.masked_weight()
-        elif isinstance(module, SlidingPSN):
-            weight = module.gen_gemm_weight(T)
-        elif isinstance(module, PSN):
-            weight = module.weight
-        else:
+        entry = entry_of(module)
+        if entry is None or entry.time_weight is None:
             continue
-        w = weight.detach().float().cpu()
+        w = entry.time_weight(module, T).detach().float().cpu()
         span = (w.max() - w.min()).clamp_min(1e-12)
         images[name] = ((w - w.min()) / span)[None]
     return images
+
+
+def scalars(test: dict) -> dict:
+    """TensorBoard scalars of --spike-stats, grouped under spikes/."""
+    out = {f"spikes/{name or 'model'}": rate for name, rate in test["firing_rates"].items()}
+    for key in ("synops_per_sample", "macs_per_sample", "energy_uJ_per_sample"):
+        if key in test:
+            out[f"spikes/{key}"] = test[key]
+    return out

@@ -38,36 +38,59 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-class StopRequests:
-    """While active, SIGTERM and SIGUSR1 stop the process cleanly.
+def ignore_further_signals() -> None:
+    """A stop is under way: more Ctrl-C / SIGTERM / SIGUSR1 (a burst of them, say) must not interrupt the
+    saving and the goodbye message, nor the interpreter's exit handlers, with a traceback."""
+    for sig in (signal.SIGINT, *GRACEFUL):
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            return
 
-    While `deferred` (the training loop), the handler only records the request (`signum`): the
-    loop looks at it between steps, where stopping is safe, and writes a mid-epoch checkpoint.
-    Elsewhere (building the data, --test-only) it raises Interrupted at once. Outside the main
-    thread (where Python cannot install handlers) signals keep their usual effect.
+
+class StopRequests:
+    """While active, SIGINT, SIGTERM and SIGUSR1 stop the process cleanly.
+
+    While `deferred` (the training loop), SIGTERM and SIGUSR1 only record the request (`signum`):
+    the loop looks at it between steps, where stopping is safe, and writes a mid-epoch
+    checkpoint. Elsewhere (building the data, --test-only) they raise Interrupted at once.
+    SIGINT raises KeyboardInterrupt at once. Once a stop is under way, further signals are
+    ignored until the process ends. Outside the main thread (where Python cannot install
+    handlers) signals keep their usual effect.
     """
 
     def __init__(self):
         self.signum: int | None = None
         self.deferred = False
         self._previous = {}
+        self._ending = False
 
     def __enter__(self) -> "StopRequests":
-        for sig in GRACEFUL:
+        for sig, handler in ((signal.SIGINT, self._interrupt), *((s, self._record) for s in GRACEFUL)):
             try:
-                self._previous[sig] = signal.signal(sig, self._record)
+                self._previous[sig] = signal.signal(sig, handler)
             except ValueError:
                 break
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        if not self._ending:  # once stopping, signals stay ignored through the exit
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
         self._previous.clear()
+
+    def ending(self) -> None:
+        self._ending = True
+        ignore_further_signals()
+
+    def _interrupt(self, signum, frame) -> None:
+        self.ending()
+        raise KeyboardInterrupt
 
     def _record(self, signum, frame) -> None:
         self.signum = signum
         if not self.deferred:
+            self.ending()
             raise Interrupted(signum)
 
     @property

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import layer
 
-from common.neurons import create_neuron
+from common.neuron_registry import create_neuron
 
 __all__ = ["SEWResNet", "sew_resnet18", "sew_resnet34", "sew_resnet50", "sew_resnet101", "sew_resnet152", "MODELS"]
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.neurons import NEURON_ALIASES  # noqa: E402
+from common.neuron_registry import NEURON_ALIASES, NEURON_NAMES, NEURONS  # noqa: E402
 
 # The paper's numbers (test accuracy, %), as read from the authors' logs.
 PAPER = {
@@ -53,8 +53,9 @@ for (neuron, order), (c10, c100) in SEQUENTIAL.items():
         if value is not None:
             PAPER[("sequential_cifar", dataset, neuron, order, 32)] = value
 
-NEURON_LABELS = {"psn": "PSN", "masked_psn": "masked PSN", "sliding_psn": "sliding PSN", "lif": "LIF",
-                 "plif": "PLIF", "klif": "KLIF", "glif": "GLIF", "lif_no_reset": "LIF without reset"}
+NEURON_LABELS = {name: entry.label for name, entry in NEURONS.items()}
+# The paper's four experiments, each with a table laid out like the paper's; any other task gets a plain one.
+PAPER_TASKS = ("cifar10", "sequential_cifar", "cifar10dvs", "imagenet")
 TEST_TAGS = ("test/acc1", "test_acc1", "test_acc")
 TOP5_TAGS = ("test/acc5", "test_acc5")
 
@@ -176,7 +177,7 @@ def describe(run_dir: Path, args: dict, layout: str | None) -> tuple:
     variant = raw_neuron if raw_neuron == "plif_torch" else ""
     T = _int_or_none(args.get("T"), "T") or _number(r"(?:^|_)T(\d+)(?:_|$)", name)
     task = args.get("task")
-    if task is not None and task not in ("cifar10", "sequential_cifar", "cifar10dvs", "imagenet"):
+    if task is not None and not (isinstance(task, str) and re.fullmatch(r"[a-z][a-z0-9_]{0,63}", task)):
         raise UnreadableRun(f"its args.txt names the task {task!r}")
     if task is None:
         if layout == "imagenet" or "model" in args or name.endswith("_logs"):
@@ -210,10 +211,11 @@ def describe(run_dir: Path, args: dict, layout: str | None) -> tuple:
             order = (_int_or_none(args.get("order", args.get("P")), "order")
                      or _number(r"_P(\d+)(?:_|$)", name))
         return task, dataset, neuron, order, 32, variant
-    dataset = args.get("dataset", "cifar10")
+    dataset = args.get("dataset", "cifar10" if task == "cifar10" else task)
     if not isinstance(dataset, str):
         raise UnreadableRun(f"its args.txt gives dataset = {dataset!r}")
-    return task, dataset, neuron, None, T or 4, variant
+    order = _int_or_none(args.get("order"), "order") if task != "cifar10" else None
+    return task, dataset, neuron, order, T or (4 if task == "cifar10" else None), variant
 
 
 def find_runs(roots: list[Path]) -> list[Run]:
@@ -275,8 +277,7 @@ def neuron_label(run: Run) -> str:
 
 def tables(runs: list[Run], roots: list[Path]) -> str:
     out = []
-    by_task = {task: [r for r in runs if r.task == task]
-               for task in ("cifar10", "sequential_cifar", "cifar10dvs", "imagenet")}
+    by_task = {task: [r for r in runs if r.task == task] for task in PAPER_TASKS}
     if by_task["cifar10"]:
         out += ["## CIFAR-10", "", "| dataset | neuron | T | paper | best | final | run |", "| --- | --- | --- | --- | --- | --- | --- |"]
         out += [f"| {r.dataset} | {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {fmt(r.final)} | "
@@ -293,7 +294,7 @@ def tables(runs: list[Run], roots: list[Path]) -> str:
         datasets = [d for d in ("cifar10", "cifar100", "digits") if any(d in cols for cols in rows.values())]
         header = "| neuron |" + "".join(f" {d} paper | {d} best | {d} final |" for d in datasets) + " runs |"
         out += [header, "| --- |" + " --- | --- | --- |" * len(datasets) + " --- |"]
-        order_key = list(NEURON_LABELS)
+        order_key = list(NEURON_NAMES)
         for key in sorted(rows, key=lambda k: (k[1] is not None and k[1] not in (32,),
                                                order_key.index(k[0]) if k[0] in order_key else 99,
                                                k[1] or 0, k[2], k[3])):
@@ -316,6 +317,11 @@ def tables(runs: list[Run], roots: list[Path]) -> str:
             best5 = max((v for _, v in r.top5), default=None)
             out.append(f"| {r.dataset} | {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {fmt(r.final)} | "
                        f"{fmt(PAPER_TOP5.get(r.dataset))} | {fmt(best5)} | {short(r.path, roots)} |")
+        out.append("")
+    for task in sorted({r.task for r in runs} - set(PAPER_TASKS)):  # tasks the paper has no table for
+        out += [f"## {task}", "", "| dataset | neuron | T | best | final | run |", "| --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {r.dataset} | {neuron_label(r)} | {r.T or '—'} | {fmt(r.best)} | {fmt(r.final)} | "
+                f"{short(r.path, roots)} |" for r in runs if r.task == task]
         out.append("")
     return "\n".join(out)
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, layer
 
-from common.neurons import PSN, create_neuron
+from common.neuron_registry import create_neuron, streams
 
 
 class SequentialCIFARNet(nn.Module):
@@ -53,8 +53,9 @@ class SequentialCIFARNet(nn.Module):
     @torch.no_grad()
     def stream(self, x: torch.Tensor) -> torch.Tensor:
         """Feed the columns one at a time (single-step mode); the mean of the per-step logits."""
-        if any(isinstance(m, PSN) for m in self.modules()):
-            raise ValueError("The PSN cannot stream: each of its outputs depends on all T inputs. "
+        blocking = streams(self)
+        if blocking is not None:
+            raise ValueError(f"The {blocking} cannot stream: each of its outputs depends on all T inputs. "
                              "Use the masked PSN (at lambda 1), the sliding PSN or a LIF-type neuron.")
         functional.reset_net(self)
         functional.set_step_mode(self, "s")

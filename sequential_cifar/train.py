@@ -11,101 +11,86 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import torch.nn.functional as F  # noqa: E402
-
-from common import cli, engine  # noqa: E402
-from common.checkpoint import neuron_in, tensor_shape  # noqa: E402
+from common import cli  # noqa: E402
 from common.data import build_cifar  # noqa: E402
 from common.errors import UserError, exits_cleanly  # noqa: E402
 from common.losses import smoothed_cross_entropy  # noqa: E402
-from common.neurons import NEURON_ALIASES, NEURON_NAMES, MaskedPSN, canonical_neuron_name  # noqa: E402
+from common.neuron_registry import NEURONS, streams  # noqa: E402
+from common.neurons import MaskedPSN  # noqa: E402
+from common.run import run  # noqa: E402
+from common.task import Task  # noqa: E402
+from common.weights import neuron_in, tensor_shape  # noqa: E402
 from sequential_cifar.models import SequentialCIFARNet  # noqa: E402
 
 COLUMNS = 32  # time steps: the image width
-# Neurons that run one step at a time: the PSN sees all steps at once; GLIF is multi-step only.
-STREAMABLE = ("masked_psn", "sliding_psn", "lif", "plif", "klif", "lif_no_reset")
 
 
-def parse_args(argv=None):
+def parser():
     p = cli.build_parser(__doc__.splitlines()[0], epochs=256, batch_size=128, opt="sgd", lr=0.1, momentum=0.9,
                          weight_decay=0.0, T=COLUMNS, output_dir="./runs/sequential_cifar")
     cli.add_cifar_flags(p, ("cifar", "digits"))
     p.set_defaults(channels=128)
     p.add_argument("--num-classes", "-class-num", dest="num_classes", type=int, choices=[10, 100], default=10,
-                   help="CIFAR-10 or CIFAR-100")
-    p.add_argument("--neuron", "-neu", choices=[*NEURON_NAMES, *NEURON_ALIASES], default="psn",
-                   help="spiking neuron (the original names work too)")
-    p.add_argument("--order", "-P", dest="order", type=int, default=32, help="k of the masked and sliding PSN")
-    p.add_argument("--exp-init", "-exp-init", dest="exp_init", action="store_true",
+                   kind=cli.MODEL, help="CIFAR-10 or CIFAR-100")
+    cli.add_neuron_flags(p, default="psn", order=32)
+    p.add_argument("--exp-init", "-exp-init", dest="exp_init", action="store_true", kind=cli.MODEL,
                    help="sliding PSN weights start as (..., 1/4, 1/2, 1) instead of Kaiming uniform")
-    p.add_argument("--streaming", action="store_true",
+    p.add_argument("--streaming", action="store_true", kind=cli.INVOCATION,
                    help="with --test-only: evaluate one column at a time, single-step (masked PSN at lambda 1, "
-                        "sliding PSN, LIF family)")
-    args = p.parse_args(argv)
-    args.neuron = canonical_neuron_name(args.neuron)
-    if args.T != COLUMNS:
-        p.error(f"sequential CIFAR has one step per image column: T is {COLUMNS}.")
-    if args.streaming and not args.test_only:
-        p.error("--streaming evaluates trained weights: use it with --test-only --resume CHECKPOINT.")
-    if args.streaming and args.neuron not in STREAMABLE:
-        p.error(f"--streaming needs a neuron that runs one step at a time ({', '.join(STREAMABLE)}); "
-                f"{args.neuron} does not.")
-    if args.neuron in ("masked_psn", "sliding_psn") and not 1 <= args.order <= COLUMNS:
-        p.error(f"--order must lie in 1..{COLUMNS}.")
-    return args
+                        "sliding PSN, LIF family); the neuron comes from the checkpoint")
+    return p
 
 
-def lambda_schedule(epoch: int, epochs: int) -> float:
-    """The original masked-PSN schedule: lambda = min(8 * epoch / (epochs - 1), 1), set at each epoch's start."""
-    return 1.0 if epochs <= 1 else min(8.0 * epoch / (epochs - 1), 1.0)
+def check_settings(settings) -> None:
+    problems = []
+    if settings.T != COLUMNS:
+        problems.append(f"sequential CIFAR has one step per image column: T is {COLUMNS}")
+    if settings.streaming and not settings.test_only:
+        problems.append("--streaming evaluates trained weights: use it with --test-only --resume CHECKPOINT")
+    elif settings.streaming and not NEURONS[settings.neuron].streams:
+        problems.append(f"--streaming needs a neuron that runs one step at a time "
+                        f"({', '.join(n for n, e in NEURONS.items() if e.streams)}); {settings.neuron} does not")
+    if NEURONS[settings.neuron].needs_order and not 1 <= settings.order <= COLUMNS:
+        problems.append(f"--order must lie in 1..{COLUMNS}")
+    if problems:
+        raise UserError(f"{'; '.join(problems)}.")
 
 
-def set_lambda(model, epoch: int, args) -> dict:
-    if args.neuron != "masked_psn":
-        return {}
-    lam = lambda_schedule(epoch, args.epochs)
-    for m in model.modules():
-        if isinstance(m, MaskedPSN):
-            m.lambda_ = lam
-    return {"neuron/lambda": lam}
+def run_name(settings) -> str:
+    data = "digits_" if settings.dataset == "digits" else f"cifar{settings.num_classes}_"
+    order = f"_P{settings.order}" if NEURONS[settings.neuron].needs_order else ""
+    return f"{data}{settings.neuron}_{cli.recipe_tag(settings)}{order}"
 
 
-def run_name(args) -> str:
-    data = "digits_" if args.dataset == "digits" else f"cifar{args.num_classes}_"
-    order = f"_P{args.order}" if args.neuron in ("masked_psn", "sliding_psn") else ""
-    return f"{data}{args.neuron}_{cli.recipe_tag(args)}{order}"
+def build_data(settings):
+    name = "digits" if settings.dataset == "digits" else f"cifar{settings.num_classes}"
+    return build_cifar(name, settings.data_dir, settings.download, settings.augment)
 
 
-def build_data(args):
-    name = "digits" if args.dataset == "digits" else f"cifar{args.num_classes}"
-    return build_cifar(name, args.data_dir, args.download, args.augment)
-
-
-def build_model(args, num_classes):
-    model = SequentialCIFARNet(args.channels, num_classes, args.neuron, args.order, args.exp_init, COLUMNS)
-    model.streaming = args.streaming
+def build_model(settings, num_classes):
+    model = SequentialCIFARNet(settings.channels, num_classes, settings.neuron, settings.order, settings.exp_init,
+                               COLUMNS)
+    model.streaming = settings.streaming
     return model
 
 
-def lambda_state(model) -> dict:
+def check_streamable(model, settings) -> None:
     lambdas = [m.lambda_.item() for m in model.modules() if isinstance(m, MaskedPSN)]
-    return {"lambda": lambdas[0]} if lambdas else {}
-
-
-def check_streamable(model, args) -> None:
-    lambdas = lambda_state(model)
-    if args.streaming and lambdas.get("lambda", 1.0) < 1.0:
-        raise UserError(f"These masked-PSN weights have lambda = {lambdas['lambda']:g}: they look at future columns, "
+    if settings.streaming and lambdas and lambdas[0] < 1.0:
+        raise UserError(f"These masked-PSN weights have lambda = {lambdas[0]:g}: they look at future columns, "
                         "so they cannot stream; use a checkpoint from the end of training (lambda = 1).")
+    if settings.streaming and streams(model) is not None:
+        raise UserError(f"The {streams(model)} cannot stream: each of its outputs depends on all {COLUMNS} inputs.")
 
 
-def upgrade_checkpoint(ckpt) -> None:
+def upgrade_recorded(recorded: dict, state_dict: dict) -> dict:
     """Before 2026-11-29 `glif` meant SpikingJelly's GatedLIFNode (now `glif_sj`); its tensors tell."""
-    if ckpt.args.get("neuron") == "glif" and any(k.endswith(".v_threshold") for k in ckpt.state_dict):
-        ckpt.args["neuron"] = "glif_sj"
+    if recorded.get("neuron") == "glif" and any(k.endswith(".v_threshold") for k in state_dict):
+        return {**recorded, "neuron": "glif_sj"}
+    return recorded
 
 
-def infer_model_args(state_dict) -> dict:
+def infer_settings(state_dict) -> dict:
     """Width, neuron, order and classes of an original-layout (or bare) checkpoint, from its tensors."""
     found = {}
     conv = tensor_shape(state_dict, "conv.0.weight")
@@ -122,26 +107,23 @@ def infer_model_args(state_dict) -> dict:
     return found
 
 
-def task_for(args) -> engine.Task:
-    return engine.Task(
-        name="sequential_cifar",
-        build_data=build_data,
-        build_model=build_model,
-        run_name=run_name,
-        train_loss=smoothed_cross_entropy(args.label_smoothing),
-        eval_loss=F.cross_entropy,
-        on_epoch_start=set_lambda,
-        check_loaded=check_streamable,
-        model_args=("channels", "neuron", "order", "exp_init", "num_classes"),
-        infer_model_args=infer_model_args,
-        upgrade_checkpoint=upgrade_checkpoint,
-    )
+TASK = Task(
+    name="sequential_cifar",
+    parser=parser,
+    build_data=build_data,
+    build_model=build_model,
+    run_name=run_name,
+    train_loss=lambda s: smoothed_cross_entropy(s.label_smoothing),
+    check_settings=check_settings,
+    check_loaded=check_streamable,
+    infer_settings=infer_settings,
+    upgrade_recorded=upgrade_recorded,
+)
 
 
 @exits_cleanly
 def main(argv=None):
-    args = parse_args(argv)
-    return engine.run(task_for, args)
+    return run(TASK, argv)
 
 
 if __name__ == "__main__":

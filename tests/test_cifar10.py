@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cifar10.models import CIFAR10Net
-from common.checkpoint import load_model_weights
+from common.weights import load_model_weights
 from conftest import FIXTURES, QUICK, ROOT, free_port, last_json, manifest, read_scalars, run_script, script_env
 
 SCRIPT = "cifar10/train.py"

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from cifar10dvs import train as dvs_train
 from cifar10dvs.data import build_cifar10dvs
 from cifar10dvs.models import VGGSlidingPSN
-from common.checkpoint import load_model_weights
+from common.weights import load_model_weights
 from common.losses import tet_loss
 from conftest import last_json, manifest, read_scalars, run_script
 
@@ -171,7 +171,7 @@ def test_missing_dataset_says_where_to_put_it(tmp_path):
 
 
 def test_the_original_command_parses():
-    args = dvs_train.parse_args("-b 32 --epochs 200 -method PSN -TET -T 4".split())
+    args = dvs_train.TASK.parse("-b 32 --epochs 200 -method PSN -TET -T 4".split())
     assert (args.batch_size, args.epochs, args.method, args.tet, args.T) == (32, 200, "sliding_psn", True, 4)
     assert (args.opt, args.lr, args.momentum, args.weight_decay, args.order, args.exp_init) == \
         ("sgd", 0.1, 0.9, 5e-4, 2, True)

@@ -1,5 +1,6 @@
 """The shared engine's parts: checkpoint layouts and safety, exact sharding, divergence, SyncBatchNorm."""
 import argparse
+import dataclasses
 import math
 
 import pytest
@@ -8,8 +9,10 @@ from spikingjelly.activation_based import layer
 
 from cifar10 import train as cifar10_train
 from cifar10.models import CIFAR10Net
-from common import engine
-from common.checkpoint import FORMAT, load_model_weights, read_checkpoint, save_checkpoint
+from common.engine import TrainingDiverged
+from common.run import run
+from common.checkpoint import FORMAT, read_checkpoint, save_checkpoint
+from common.weights import load_model_weights
 from common.distributed import DistEnv, ShardSampler, convert_sync_batchnorm
 from common.errors import UserError
 from common.neurons import MaskedPSN, SlidingPSN
@@ -130,17 +133,14 @@ def test_sync_batchnorm_conversion_keeps_names_and_multistep_shapes():
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     argv = [*QUICK, "--epochs", "3", "--output-dir", str(tmp_path), "--run-name", "r", "--print-freq", "5"]
-    args = cifar10_train.parse_args(argv + ["--stop-after", "1"])
-    engine.run(cifar10_train.task_for(args), args)
+    run(cifar10_train.TASK, argv + ["--stop-after", "1"])
     latest = tmp_path / "r" / "checkpoint_latest.pth"
     good = latest.read_bytes()
 
-    args = cifar10_train.parse_args(argv + ["--resume", str(latest)])
-    task = cifar10_train.task_for(args)
-    healthy = task.train_loss
-    task.train_loss = lambda out, target: healthy(out, target) * math.nan
-    with pytest.raises(engine.TrainingDiverged, match="NaN or infinite in epoch 2"):
-        engine.run(task, args)
+    healthy = cifar10_train.TASK.train_loss
+    task = dataclasses.replace(cifar10_train.TASK, train_loss=lambda s: lambda out, t: healthy(s)(out, t) * math.nan)
+    with pytest.raises(TrainingDiverged, match="NaN or infinite in epoch 2"):
+        run(task, argv + ["--resume", str(latest)])
     assert latest.read_bytes() == good
     assert read_checkpoint(latest).epoch == 0
 
@@ -151,14 +151,14 @@ def test_released_fixture_layout_is_net():
 
 
 def test_the_original_command_parses_to_the_same_settings():
-    args = cifar10_train.parse_args("-data-dir /datasets/CIFAR10 -amp -opt sgd -channels 256 -epochs 1024 "
+    args = cifar10_train.TASK.parse("-data-dir /datasets/CIFAR10 -amp -opt sgd -channels 256 -epochs 1024 "
                                     "-device cuda:0 -T 4 -neu if5 -b 128 -j 4 -out-dir ./logs_cf10 -lr 0.1 "
                                     "-momentum 0.9 -sg atan".split())
     assert (args.data_dir, args.amp, args.opt, args.channels, args.epochs, args.device, args.T) == \
         ("/datasets/CIFAR10", True, "sgd", 256, 1024, "cuda:0", 4)
     assert (args.neuron, args.batch_size, args.workers, args.output_dir, args.lr, args.momentum) == \
         ("psn", 128, 4, "./logs_cf10", 0.1, 0.9)
-    defaults = cifar10_train.parse_args([])
+    defaults = cifar10_train.TASK.parse([])
     assert (defaults.channels, defaults.T, defaults.epochs, defaults.batch_size, defaults.opt, defaults.lr,
             defaults.weight_decay, defaults.label_smoothing) == (256, 4, 1024, 128, "sgd", 0.1, 0.0, 0.1)
 
@@ -218,7 +218,7 @@ def test_original_layouts_tell_their_model_settings(fixture, expected):
     import importlib
 
     task, settings = expected
-    infer = importlib.import_module(f"{task}.train").infer_model_args
+    infer = importlib.import_module(f"{task}.train").infer_settings
     assert infer(read_checkpoint(FIXTURES / fixture).state_dict) == settings
     ours = CIFAR10Net(channels=12, T=6).state_dict()  # bare weights in our naming too
     if task == "cifar10":
@@ -226,9 +226,9 @@ def test_original_layouts_tell_their_model_settings(fixture, expected):
 
 
 def test_dvs_and_imagenet_layouts_tell_their_model_settings():
-    from cifar10dvs.train import infer_model_args as dvs
+    from cifar10dvs.train import infer_settings as dvs
     from conftest import manifest
-    from imagenet.train import infer_model_args as inet
+    from imagenet.train import infer_settings as inet
 
     def zeros(name):
         return {key: torch.zeros(shape) for key, shape, _ in manifest(name)}
@@ -243,15 +243,22 @@ def test_stop_requests_wait_for_the_loop_or_interrupt_at_once(monkeypatch):
 
     from common.stops import Interrupted, StopRequests, resume_command
 
-    before = signal.getsignal(signal.SIGTERM)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
     with StopRequests() as stops:
         stops.deferred = True  # the training loop: recorded, looked at between steps
         os.kill(os.getpid(), signal.SIGUSR1)
         assert stops.requested and stops.signum == signal.SIGUSR1
-        stops.deferred = False  # elsewhere (data building, --test-only): at once
-        with pytest.raises(Interrupted):
-            os.kill(os.getpid(), signal.SIGTERM)
-    assert signal.getsignal(signal.SIGTERM) == before  # restored on leaving
+    assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]  # restored on leaving
+    try:
+        with StopRequests() as stops:
+            stops.deferred = False  # elsewhere (data building, --test-only): at once
+            with pytest.raises(Interrupted):
+                os.kill(os.getpid(), signal.SIGTERM)
+        # A stop under way: further signals (a burst of Ctrl-C) are ignored through the process's exit.
+        assert all(signal.getsignal(sig) == signal.SIG_IGN for sig in before)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
     monkeypatch.setattr("sys.argv", ["cifar10/train.py", "--epochs", "3", "--resume=old.pth", "-resume", "x.pth",
                                      "--run-name", "a b"])

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from common.baselines import GLIF
-from common.checkpoint import load_model_weights
-from common.neurons import create_neuron
+from common.weights import load_model_weights
+from common.neuron_registry import create_neuron
 from sequential_cifar.models import SequentialCIFARNet
 
 

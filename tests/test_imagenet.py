@@ -9,15 +9,19 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
-from common.checkpoint import load_model_weights, read_checkpoint
+from common.checkpoint import read_checkpoint
+from common.weights import load_model_weights
 from conftest import last_json, manifest, read_scalars, run_script
 from imagenet import train as inet_train
 from imagenet.data import index_folder
 from imagenet.models import MODELS
 
 SCRIPT = "imagenet/train.py"
+# From a random init on random pixels the SEW ResNet's first gradients explode (silent channels make its
+# BatchNorms divide by sqrt(eps)), and the run now stops on the infinite weights that follow; the paper's
+# runs start from torchvision's weights (--load). Clipping keeps these short runs finite.
 SMALL = ["--device", "cpu", "--workers", "0", "-b", "6", "--train-crop-size", "32", "--val-resize-size", "36",
-         "--val-crop-size", "32"]
+         "--val-crop-size", "32", "--clip-grad", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +76,7 @@ def test_load_copies_every_matching_torchvision_tensor(image_folder, tmp_path):
     assert "copied 122 tensors; skipped 0 from the file" in report and "41 of the model" in report
 
     from imagenet.models import sew_resnet18
-    from common.checkpoint import load_matching
+    from common.weights import load_matching
     snn = sew_resnet18(T=4, num_classes=6)
     copied, skipped, untouched = load_matching(snn, tmp_path / "resnet18.pth")
     ann_sd = ann.state_dict()
@@ -160,7 +164,7 @@ def test_the_released_layout_needs_no_model_flags_and_its_1000_classes_score_a_s
     sd = manifest_state_dict("imagenet_sew_resnet34_T4.tsv")
     torch.save({"model": sd, "epoch": 1, "args": argparse.Namespace(model="sew_resnet34"), "max_test_acc1": 1.0},
                tmp_path / "r34.pth")
-    assert inet_train.infer_model_args(sd) == {"model": "sew_resnet34", "neuron": "psn", "T": 4}
+    assert inet_train.infer_settings(sd) == {"model": "sew_resnet34", "neuron": "psn", "T": 4}
     result = run_script(SCRIPT, "--data-path", image_folder, *SMALL, "--model", "sew_resnet18", "--test-only",
                         "--resume", tmp_path / "r34.pth", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -202,7 +206,7 @@ def test_cache_is_used_while_valid_and_rebuilt_when_the_folder_changes(image_fol
 
 
 def test_the_original_command_parses():
-    args = inet_train.parse_args("--cos_lr_T 320 --model sew_resnet34 -b 32 --output-dir ./logs --tb --print-freq 4096 "
+    args = inet_train.TASK.parse("--cos_lr_T 320 --model sew_resnet34 -b 32 --output-dir ./logs --tb --print-freq 4096 "
                                  "--amp --cache-dataset --T 4 --lr 0.1 --epoch 320 --data-path /dataset/ImageNet2012 "
                                  "--load resnet34-b627a593.pth --tet".split())
     assert (args.cos_lr_T, args.model, args.batch_size, args.output_dir, args.print_freq, args.amp,

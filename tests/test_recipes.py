@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from common.checkpoint import Checkpoint
 from common.data import make_loader
 from common.distributed import DistEnv
-from common.engine import adopt_checkpoint_settings
 from common.errors import UserError
+from common.lifecycle import resolve
 from conftest import FIXTURES, QUICK, last_json, run_script
 
 
@@ -47,11 +47,11 @@ def test_task_defaults_follow_the_original_scripts():
     from imagenet import train as imagenet
     from sequential_cifar import train as seq
 
-    d = dvs.parse_args([])
+    d = dvs.TASK.parse([])
     assert d.amp is False and d.drop_last is False and d.resize_antialias is False
-    assert imagenet.parse_args([]).drop_last is False
-    assert cifar10.parse_args([]).drop_last is True and seq.parse_args([]).drop_last is True
-    assert dvs.parse_args(["--amp"]).amp is True
+    assert imagenet.TASK.parse([]).drop_last is False
+    assert cifar10.TASK.parse([]).drop_last is True and seq.TASK.parse([]).drop_last is True
+    assert dvs.TASK.parse(["--amp"]).amp is True
 
 
 @pytest.mark.parametrize("drop_last,batches", [(True, 2), (False, 3)])
@@ -76,9 +76,10 @@ def test_imagenet_test_loss_is_tet_with_tet():
     torch.manual_seed(0)
     out, target = torch.randn(4, 3, 5, dtype=torch.float64), torch.tensor([0, 3, 1])
     tet = sum(F.cross_entropy(out[t], target).item() for t in range(4)) / 4
-    assert imagenet.task_for(imagenet.parse_args([])).eval_loss(out, target).item() == pytest.approx(tet, rel=1e-12)
+    test_loss = imagenet.TASK.test_loss
+    assert test_loss(imagenet.TASK.parse([]))(out, target).item() == pytest.approx(tet, rel=1e-12)
     plain = F.cross_entropy(out.mean(0), target).item()
-    loss = imagenet.task_for(imagenet.parse_args(["--no-tet"])).eval_loss(out, target).item()
+    loss = test_loss(imagenet.TASK.parse(["--no-tet"]))(out, target).item()
     assert loss == pytest.approx(plain, rel=1e-12)
 
 
@@ -95,31 +96,32 @@ def _checkpoint(args: dict) -> Checkpoint:
     return Checkpoint(Path("old.pth"), "ours", {}, args=args)
 
 
+def _adopted(before, after) -> set:
+    return {k for k in before if before[k] != after[k]}
+
+
 def test_a_run_from_before_the_fixes_resumes_with_what_it_was_trained_with():
     from cifar10dvs import train as dvs
 
-    args = dvs.parse_args(["--resume", "old.pth"])
-    old = {k: v for k, v in vars(args).items() if k not in ("explicit", "drop_last", "resize_antialias")}
+    cli = dvs.TASK.parse(["--resume", "old.pth"])
+    old = {k: v for k, v in cli.items() if k not in ("drop_last", "resize_antialias")}
     old.update(amp=True, epochs=50)  # an old DVS run: AMP on CUDA was the default
-    adopted = adopt_checkpoint_settings(args, _checkpoint(old), dvs.task_for(args))
+    args = resolve(dvs.TASK, cli, _checkpoint(old))
     assert args.amp is True and args.drop_last is True and args.resize_antialias is True and args.epochs == 50
-    assert set(adopted) == {"amp", "drop_last", "resize_antialias", "epochs"}
+    assert _adopted(cli, args) == {"amp", "drop_last", "resize_antialias", "epochs"}
 
 
 def test_explicit_flags_win_unless_they_contradict_the_model():
     from cifar10 import train as cifar10
 
-    saved = {k: v for k, v in vars(cifar10.parse_args([])).items() if k != "explicit"}
+    saved = dict(cifar10.TASK.parse([]))
     saved.update(channels=32, epochs=10)
-    args = cifar10.parse_args(["--epochs", "20", "--data-dir", "/elsewhere"])
-    adopt_checkpoint_settings(args, _checkpoint(saved), cifar10.task_for(args))
+    args = resolve(cifar10.TASK, cifar10.TASK.parse(["--epochs", "20", "--data-dir", "/elsewhere"]), _checkpoint(saved))
     assert args.channels == 32 and args.epochs == 20 and args.data_dir == "/elsewhere"
-    args = cifar10.parse_args(["--channels", "64"])
     with pytest.raises(UserError, match=r"--channels 64 contradicts .*channels=32"):
-        adopt_checkpoint_settings(args, _checkpoint(saved), cifar10.task_for(args))
-    args = cifar10.parse_args([])
+        resolve(cifar10.TASK, cifar10.TASK.parse(["--channels", "64"]), _checkpoint(saved))
     with pytest.raises(UserError, match="not a valid value"):
-        adopt_checkpoint_settings(args, _checkpoint({**saved, "channels": "32"}), cifar10.task_for(args))
+        resolve(cifar10.TASK, cifar10.TASK.parse([]), _checkpoint({**saved, "channels": "32"}))
 
 
 def test_test_only_takes_the_model_from_our_checkpoint(tmp_path):
@@ -127,7 +129,7 @@ def test_test_only_takes_the_model_from_our_checkpoint(tmp_path):
     from cifar10.models import CIFAR10Net
     from common.checkpoint import FORMAT
 
-    args = {k: v for k, v in vars(cifar10.parse_args(QUICK)).items() if k != "explicit"}
+    args = dict(cifar10.TASK.parse(QUICK))
     torch.save({"format": FORMAT, "model": CIFAR10Net(8, 4).state_dict(), "epoch": 0, "best_acc1": 10.0,
                 "args": args, "task_state": {}}, tmp_path / "c8.pth")
     bare = ["--dataset", "digits", "--workers", "0", "--device", "cpu"]  # no --channels 8
@@ -140,14 +142,12 @@ def test_an_old_glif_checkpoint_resumes_as_the_spikingjelly_neuron_it_was_traine
     from sequential_cifar.models import SequentialCIFARNet
 
     old_model = SequentialCIFARNet(channels=4, neuron="glif_sj")
-    saved = {k: v for k, v in vars(seq.parse_args(["-neu", "glif", "--channels", "4"])).items() if k != "explicit"}
+    saved = dict(seq.TASK.parse(["-neu", "glif", "--channels", "4"]))
     ckpt = Checkpoint(Path("old.pth"), "ours", old_model.state_dict(), args=dict(saved))
-    args = seq.parse_args(["--resume", "old.pth"])
-    adopt_checkpoint_settings(args, ckpt, seq.task_for(args))
+    args = resolve(seq.TASK, seq.TASK.parse(["--resume", "old.pth"]), ckpt)
     assert args.neuron == "glif_sj" and args.channels == 4
     new = Checkpoint(Path("new.pth"), "ours", SequentialCIFARNet(channels=4, neuron="glif").state_dict(), args=saved)
-    args = seq.parse_args(["--resume", "new.pth"])
-    adopt_checkpoint_settings(args, new, seq.task_for(args))
+    args = resolve(seq.TASK, seq.TASK.parse(["--resume", "new.pth"]), new)
     assert args.neuron == "glif"
 
 

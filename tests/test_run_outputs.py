@@ -9,7 +9,7 @@ import torch
 from spikingjelly.activation_based import functional, monitor
 
 from cifar10.models import CIFAR10Net
-from common.checkpoint import load_model_weights
+from common.weights import load_model_weights
 from common.neurons import PSN
 from conftest import FIXTURES, QUICK, last_json, read_scalars, run_script
 
@@ -57,14 +57,14 @@ def test_help_gives_every_default(task, monkeypatch):
         return original(self, *a, **k)
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
-    defaults = module.parse_args([])
+    defaults = module.TASK.parse([])
     assert defaults.workers == min(16 if task == "imagenet" else 4, available_cpus())
     parser = captured["parser"]
     text = parser.format_help()
     assert "data and output:" in text and "optimisation:" in text and "task settings:" in text
     formatter = HelpFormatter("x")
     for action in parser._actions:
-        if action.option_strings and action.dest != "help":
+        if action.option_strings and action.dest != "help" and action.help != argparse.SUPPRESS:
             assert "default" in formatter._get_help_string(action), action.option_strings
     assert "(default: None)" not in text.split("--cos-lr-T")[1][:200]  # named once, not twice
 
@@ -141,7 +141,7 @@ def test_ema_warmup_and_clipping_resume_exactly(tmp_path):
 
 
 def test_gradient_clipping_bounds_every_step(tmp_path):
-    from common.engine import seed_epoch
+    from common.lifecycle import seed_epoch
 
     run_script(SCRIPT, *QUICK, "--epochs", 1, "--clip-grad", 1e-9, "--output-dir", tmp_path, "--run-name", "r")
     seed_epoch(2023, -1)  # the engine builds the model right after this

@@ -5,8 +5,9 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
 from common.baselines import LIFNoReset
-from common.checkpoint import load_model_weights
-from common.neurons import NEURON_NAMES, MaskedPSN, create_neuron
+from common.weights import load_model_weights
+from common.neuron_registry import NEURON_NAMES, create_neuron
+from common.neurons import MaskedPSN
 from conftest import FIXTURES, last_json, read_scalars, run_script
 from sequential_cifar import train as seq_train
 from sequential_cifar.models import SequentialCIFARNet
@@ -79,11 +80,11 @@ def test_neuron_factory_configures_the_baselines_as_the_paper():
 
 def test_lambda_schedule_is_the_originals_and_ends_at_one():
     epochs = 256
-    values = [seq_train.lambda_schedule(e, epochs) for e in range(epochs)]
+    values = [MaskedPSN.lambda_schedule(e, epochs) for e in range(epochs)]
     assert values[0] == 0.0 and values[-1] == 1.0
     assert values[16] == pytest.approx(8 * 16 / 255)
     assert values == sorted(values) and max(values) == 1.0
-    assert seq_train.lambda_schedule(0, 1) == 1.0
+    assert MaskedPSN.lambda_schedule(0, 1) == 1.0
 
 
 @pytest.mark.parametrize("neuron", ["masked_psn", "sliding_psn", "lif"])
@@ -158,11 +159,11 @@ def test_streaming_test_only_gives_the_multi_step_accuracy(tmp_path):
 
 
 def test_the_original_command_parses():
-    args = seq_train.parse_args("-data-dir D -class-num 100 -amp -opt adamw -lr 0.001 -channels 128 -epochs 256 "
+    args = seq_train.TASK.parse("-data-dir D -class-num 100 -amp -opt adamw -lr 0.001 -channels 128 -epochs 256 "
                                 "-neu mspsn -P 32".split())
     assert (args.data_dir, args.num_classes, args.amp, args.opt, args.lr, args.channels, args.epochs,
             args.neuron, args.order) == ("D", 100, True, "adamw", 0.001, 128, 256, "sliding_psn", 32)
-    d = seq_train.parse_args([])
+    d = seq_train.TASK.parse([])
     assert (d.epochs, d.batch_size, d.opt, d.lr, d.channels, d.neuron, d.T) == (256, 128, "sgd", 0.1, 128, "psn", 32)
 
 
