@@ -198,7 +198,7 @@ def _claim(task: Task, cli: Settings, locks: list):
         path = str(ckpt.path) if ckpt is not None else None
         return (path, path, str(run_dir), ckpt is not None, notes), ckpt
     if cli.resume:
-        peek = read_checkpoint(cli.resume)
+        peek = _read_or_point_to_best(Path(cli.resume))
         named = named_run_dir(task, resolve(task, cli, peek))
         forked = {"output_dir", "run_name"} & cli.explicit and named.resolve() != peek.path.parent.resolve()
         continuing = peek.layout == "ours" and not forked
@@ -220,6 +220,19 @@ def _claim(task: Task, cli: Settings, locks: list):
     runlog.claim_new_run_dir(run_dir)
     runlog.remove_stray_temporaries(run_dir)
     return (None, None, str(run_dir), False, notes), None
+
+
+def _read_or_point_to_best(path: Path) -> Checkpoint:
+    """A checkpoint asked for by name; a damaged checkpoint_latest says how to go on from its run's best."""
+    try:
+        return read_checkpoint(path)
+    except UserError as e:
+        best = path.parent / runlog.BEST
+        if path.name != runlog.LATEST or not best.is_file():
+            raise
+        raise UserError(f"{e} Its run's {best.name} may still be whole: continue from it with --resume {best} "
+                        f"(the damaged file is then kept aside, and what was trained after the best epoch is "
+                        f"trained again), or start a new run from it with --resume {best} --run-name NEW.") from None
 
 
 def _usable_checkpoint(run_dir: Path, notes: list) -> Checkpoint | None:

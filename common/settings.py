@@ -172,7 +172,7 @@ def adopt_recorded(settings: Settings, recorded: Mapping, source: str) -> tuple[
         problem = flag.problem(value)
         if problem is not None:
             raise UserError(f"Checkpoint {source} records {key}={_show(value)}, which is not a valid value for "
-                            f"{flag.name} ({problem}); the file is damaged or from another program.")
+                            f"{flag.name} ({problem}); the file is damaged, or from another task or program.")
         if key in settings.explicit:
             if flag.kind == MODEL and value != settings[key]:
                 raise UserError(f"{flag.name} {settings[key]} contradicts checkpoint {source}, whose model was built "

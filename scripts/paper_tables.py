@@ -21,8 +21,11 @@ of the original scripts without args.txt are described from their folder names
 import argparse
 import ast
 import json
+import math
 import os
 import re
+import stat
+import struct
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,17 +88,75 @@ class Run:
         return PAPER.get((self.task, self.dataset, self.neuron, self.order, self.T))
 
 
-def read_scalars(event_dir: Path) -> dict:
+EVENTS_PREFIX = "events.out.tfevents"
+MAX_EVENT_FILE = 1 << 30  # far beyond a training run's scalars and images
+MAX_RECORD = 64 << 20
+
+
+class Damaged(Exception):
+    pass
+
+
+def verified_prefix(path: Path) -> tuple[bytes, str | None]:
+    """The bytes of an event file up to its first damaged record, and what is wrong there (None: intact).
+
+    Each record is [length (8 bytes), masked CRC-32C of the length, data, masked CRC-32C of the data]:
+    TensorBoard's own format and checksums. Only a regular file is opened (a FIFO would block forever)."""
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise Damaged(f"{path.name} cannot be opened ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise Damaged(f"{path.name} is not a regular file")
+        data = f.read(MAX_EVENT_FILE + 1)
+    if len(data) > MAX_EVENT_FILE:
+        raise Damaged(f"{path.name} is larger than {MAX_EVENT_FILE} bytes")
+    pos = 0
+    while pos < len(data):
+        header = data[pos:pos + 12]
+        if len(header) < 12:
+            return data[:pos], f"truncated at byte {pos}"
+        length, crc = struct.unpack("<QI", header)
+        if masked_crc32c(header[:8]) != crc or length > MAX_RECORD:
+            return data[:pos], f"a damaged record at byte {pos}"
+        record = data[pos + 12:pos + 12 + length + 4]
+        if len(record) < length + 4:
+            return data[:pos], f"truncated at byte {pos}"
+        if masked_crc32c(record[:length]) != struct.unpack("<I", record[length:])[0]:
+            return data[:pos], f"a damaged record at byte {pos}"
+        pos += 12 + length + 4
+    return data, None
+
+
+def read_scalars(event_dir: Path, warn=lambda message: None) -> dict:
+    """{tag: [(step, value), ...]} of the event files in `event_dir`, read by TensorBoard's own reader (so a
+    resumed run shows what TensorBoard shows) from their records up to the first damaged one; `warn` is told
+    of every file that is damaged, cut short or not a regular file."""
     import logging
+    import tempfile
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     # A resumed run's purged steps are expected here, not news: keep the reader quiet about them.
     logging.getLogger("tensorboard").setLevel(logging.ERROR)
-
-    acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    with tempfile.TemporaryDirectory() as verified:
+        for name in sorted(os.listdir(event_dir)):
+            if not name.startswith(EVENTS_PREFIX):
+                continue
+            try:
+                data, problem = verified_prefix(event_dir / name)
+            except Damaged as e:
+                warn(f"{e}; left out")
+                continue
+            if problem is not None:
+                warn(f"{name} has {problem}: the records after it are left out")
+            (Path(verified) / name).write_bytes(data)
+        acc = EventAccumulator(verified, size_guidance={"scalars": 0})
+        acc.Reload()
+        return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def as_percent(curve: list) -> list:
@@ -109,13 +170,25 @@ class UnreadableRun(Exception):
     pass
 
 
+MAX_ARGS_BYTES = 1 << 16  # a run's settings fit in a few kB
+_SIMPLE_VALUE = re.compile(r"-?[0-9]{1,18}(\.[0-9]{1,18})?([eE][-+]?[0-9]{1,3})?|True|False|None|'[^']{0,200}'|\"[^\"]{0,200}\"")
+
+
 def read_args(run_dir: Path) -> dict:
-    """args.txt as a dict: ours is JSON; the original's first line is an argparse.Namespace repr."""
+    """args.txt as a dict: ours is JSON; the original's first line is an argparse.Namespace repr.
+
+    Other people's files: only a regular file is read, only its first 64 kB, and a value is taken only
+    when it is a short plain literal."""
     path = run_dir / "args.txt"
-    if not path.is_file():
-        return {}
     try:
-        text = path.read_bytes()[: 1 << 20].decode("utf-8")
+        mode = os.stat(path).st_mode
+    except OSError:
+        return {}
+    if not stat.S_ISREG(mode):
+        raise UnreadableRun("its args.txt is not a regular file")
+    try:
+        with path.open("rb") as f:
+            text = f.read(MAX_ARGS_BYTES).decode("utf-8")
     except UnicodeDecodeError:
         raise UnreadableRun("its args.txt is not UTF-8 text") from None
     except OSError as e:
@@ -127,7 +200,7 @@ def read_args(run_dir: Path) -> dict:
     if first.startswith("{"):
         try:
             args = json.loads(first)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UnreadableRun("its args.txt does not start with valid JSON") from None
         if not isinstance(args, dict):
             raise UnreadableRun("its args.txt does not hold a JSON object")
@@ -136,10 +209,8 @@ def read_args(run_dir: Path) -> dict:
         raise UnreadableRun("its args.txt is neither JSON nor an argparse Namespace")
     args = {}
     for key, value in re.findall(r"(\w+)=('[^']*'|\"[^\"]*\"|[^,()]+)", first):
-        try:
-            args[key] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            args[key] = value.strip()
+        value = value.strip()
+        args[key] = ast.literal_eval(value) if _SIMPLE_VALUE.fullmatch(value) else value
     return args
 
 
@@ -149,11 +220,14 @@ def _number(pattern: str, text: str):
 
 
 def _int_or_none(value, what: str):
-    """An integer setting read from args.txt; anything else makes the run unreadable."""
+    """An integer setting read from args.txt (0 to a million, digits 0-9 only); anything else makes the run
+    unreadable."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit() or int(value) > 10**6:
-        raise UnreadableRun(f"its args.txt gives {what} = {value!r}")
+    ok = (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**6) or (
+        isinstance(value, str) and re.fullmatch(r"[0-9]{1,7}", value) and int(value) <= 10**6)
+    if not ok:
+        raise UnreadableRun(f"its args.txt gives {what} = {str(value)[:40]!r}")
     return int(value)
 
 
@@ -219,10 +293,15 @@ def describe(run_dir: Path, args: dict, layout: str | None) -> tuple:
 
 
 def find_runs(roots: list[Path]) -> list[Run]:
-    runs = {}
+    """Every run below `roots`; one line on stderr for each run left out, and for each damaged file."""
+    runs, silent = {}, {}
+
+    def warn(message: str) -> None:
+        print(f"warning: {message}.", file=sys.stderr, flush=True)
+
     for root in roots:
         for folder, _, files in os.walk(root):
-            if not any(f.startswith("events.out.tfevents") for f in files):
+            if not any(f.startswith(EVENTS_PREFIX) for f in files):
                 continue
             event_dir = Path(folder)
             # The original ImageNet script: <run>_logs/{train,te}; CIFAR10-DVS: <run>/logs.
@@ -231,27 +310,34 @@ def find_runs(roots: list[Path]) -> list[Run]:
                 layout = None  # a run of ours that happens to carry such a name
             run_dir = event_dir.parent if layout else event_dir
             try:
-                run = read_run(run_dir, event_dir, layout)
+                run = read_run(run_dir, event_dir, layout, lambda m: warn(f"{event_dir}: {m}"))
             except UnreadableRun as e:
-                print(f"warning: skipped {run_dir}: {e}.", file=sys.stderr, flush=True)
+                warn(f"skipped {run_dir}: {e}")
+                silent.pop(str(run_dir), None)
                 continue
             if run is not None:
                 runs[str(run_dir)] = run
+            elif str(run_dir) not in runs:
+                silent[str(run_dir)] = run_dir  # unless another of its folders (ImageNet's te/) holds it
+    for key, run_dir in silent.items():
+        if key not in runs:
+            warn(f"skipped {run_dir}: its TensorBoard events hold no test accuracy (yet)")
     return sorted(runs.values(), key=lambda r: (r.task, r.dataset, r.neuron, r.order or 0, r.T or 0, r.path))
 
 
-def read_run(run_dir: Path, event_dir: Path, layout: str | None) -> Run | None:
+def read_run(run_dir: Path, event_dir: Path, layout: str | None, warn=lambda message: None) -> Run | None:
     """One run, or None if it logged no test accuracy; UnreadableRun says why it cannot be read."""
     try:
-        scalars = read_scalars(event_dir)
-    except Exception as e:  # noqa: BLE001 - damaged event files fail inside TensorBoard in many ways
+        scalars = read_scalars(event_dir, warn)
+    except Exception as e:  # noqa: BLE001 - a record with a valid checksum can still fail to parse
         raise UnreadableRun(f"its TensorBoard events cannot be read ({type(e).__name__})") from None
     tag = next((t for t in TEST_TAGS if t in scalars), None)
     if tag is None:
         return None
     task, dataset, neuron, order, T, variant = describe(run_dir, read_args(run_dir), layout)
     top5_tag = next((t for t in TOP5_TAGS if t in scalars), None)
-    return Run(str(run_dir), task, dataset, neuron, order, T, variant, as_percent(scalars[tag]),
+    curve = [(step, value) for step, value in scalars[tag] if math.isfinite(value)]
+    return Run(str(run_dir), task, dataset, neuron, order, T, variant, as_percent(curve),
                scalars[top5_tag] if top5_tag else [])
 
 
