@@ -5,13 +5,14 @@ checkpoints (the best first, then the latest; a kill between the two loses neith
 summary, and the message a stopped run ends with (what is saved, and the command that resumes).
 """
 import signal
+import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
 from . import distributed as D
-from . import neuron_registry, runlog, spike_stats
+from . import neuron_registry, provenance, runlog, spike_stats
 from .checkpoint import Checkpoint, save_checkpoint
 from .context import Context
 from .engine import EpochResult, EpochSums, evaluate, sync_point, train_one_epoch
@@ -22,6 +23,14 @@ from .runlog import strict_json
 from .stops import RunStopped, resume_command, signal_name
 from .task import Task
 from .training import Training
+
+
+@dataclass(frozen=True)
+class Made:
+    """What made this invocation (rank 0): its provenance record and, with a modified tree, the diff."""
+
+    record: dict | None = None
+    diff: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,8 +59,9 @@ def finish(state: RunState, ctx: Context, note: str | None = None, extra: dict |
 
 class Fit:
     def __init__(self, task: Task, ctx: Context, training: Training, state: RunState, loaders: Loaders,
-                 notes: list[str]):
+                 notes: list[str], made: Made):
         self.task, self.ctx, self.t, self.state, self.loaders = task, ctx, training, state, loaders
+        self.made = made
         settings = ctx.settings
         self.train_loss, self.test_loss = task.train_loss(settings), task.test_loss(settings)
         self.progress = Progress(ctx.env, settings.epochs)
@@ -63,13 +73,14 @@ class Fit:
     def run(self) -> dict:
         settings, state, ctx = self.ctx.settings, self.state, self.ctx
         if ctx.is_main:
-            runlog.write_args(state.run_dir, settings.record(), state.resumed_from, self.task.name)
-            self.writer = runlog.open_writer(state.run_dir, state.epoch)
-            runlog.truncate_metrics(state.run_dir, state.epoch)  # a resumed run rewrites the epochs it replays
             for note in self.notes:
                 print(note, flush=True)
             where = f", step {state.step + 1}" if state.step else ""
             print(f"run directory: {state.run_dir} (epoch {state.epoch + 1}{where} of {settings.epochs})", flush=True)
+            self._record_provenance()
+            runlog.write_args(state.run_dir, settings.record(), state.resumed_from, self.task.name, self.made.record)
+            self.writer = runlog.open_writer(state.run_dir, state.epoch)
+            runlog.truncate_metrics(state.run_dir, state.epoch)  # a resumed run rewrites the epochs it replays
         stop_at = settings.epochs if settings.stop_after is None else min(settings.epochs,
                                                                            state.epoch + settings.stop_after)
         extra = {}
@@ -133,6 +144,19 @@ class Fit:
             self.progress.epoch(epoch, train, test, state.best_acc1)
         D.barrier(ctx.env)
         return {} if ema_test is None else {"last_test_ema_acc1": ema_test["acc1"]}
+
+    def _record_provenance(self) -> None:
+        """This segment's record joins the run's; its diff is kept; a change of code or libraries is said."""
+        state, made = self.state, self.made
+        if state.provenance:
+            changed = provenance.changes(state.provenance[-1], made.record)
+            if changed:
+                print(f"warning: resuming {state.resumed_from} with other code or libraries than its last segment "
+                      f"ran with: {', '.join(changed)}.", file=sys.stderr, flush=True)
+        state.provenance = [*state.provenance, made.record]
+        if made.diff:
+            path = runlog.write_code_diff(state.run_dir, made.diff, len(state.provenance))
+            print(f"the code has uncommitted changes: they are kept in {path}", flush=True)
 
     def evaluate(self, model, with_spike_stats: bool = False) -> dict:
         return evaluate(model, self.loaders.test, self.test_loss, self.task.scores, self.ctx, self.progress,

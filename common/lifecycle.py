@@ -88,7 +88,7 @@ class RunState:
     @property
     def summary(self) -> dict:
         return {"run_dir": str(self.run_dir), "epochs_done": self.epoch, "best_test_acc1": self.best_acc1,
-                "last_test_acc1": self.last_acc1}
+                "last_test_acc1": self.last_acc1, "provenance": self.provenance}
 
 
 @dataclass

@@ -14,10 +14,11 @@ import torch
 import torch.nn as nn
 
 from . import distributed as D
+from . import provenance
 from .context import Context, make_context
 from .data import DataBundle, make_loader
 from .errors import UserError
-from .fit import Fit, Loaders, finish, print_json
+from .fit import Fit, Loaders, Made, finish, print_json
 from .lifecycle import Start, open_run, seed_epoch, starting_state
 from .progress import Progress
 from .settings import Settings
@@ -43,7 +44,7 @@ def run(task: Task, argv=None) -> dict:
         with stops:
             start = open_run(task, cli, env)
             ctx = make_context(start.settings, env, device, stops)
-            return _invoke(task, start, ctx)
+            return _invoke(task, start, ctx, _made(ctx))
     except (KeyboardInterrupt, Interrupted) as e:  # before the epochs began (data, model) or with --test-only
         stops.ending()
         signum = getattr(e, "signum", 2)
@@ -75,7 +76,14 @@ def _resume_hint(start: Start | None, env: D.DistEnv) -> str:
     return f" Resume with: {resume_command(found)}" if found is not None else ""
 
 
-def _invoke(task: Task, start: Start, ctx: Context) -> dict:
+def _made(ctx: Context) -> Made:
+    if not ctx.is_main:
+        return Made()
+    code, diff = provenance.code_state()
+    return Made(provenance.segment(ctx.device, ctx.env.world_size, code), diff)
+
+
+def _invoke(task: Task, start: Start, ctx: Context, made: Made) -> dict:
     settings, env = ctx.settings, ctx.env
     batch_size = _per_process_batch(task, settings, env)
     seed_epoch(settings.seed, -1)
@@ -84,7 +92,7 @@ def _invoke(task: Task, start: Start, ctx: Context) -> dict:
     pin = ctx.device.type == "cuda"
     test_loader = make_loader(data.test, batch_size, settings.workers, False, env, settings.seed, pin_memory=pin)
     if settings.test_only:
-        return _test_only(task, ctx, model, test_loader, num_classes, start)
+        return _test_only(task, ctx, model, test_loader, num_classes, start, made)
 
     step_samples = batch_size * env.world_size
     state = starting_state(start, step_samples)
@@ -102,7 +110,7 @@ def _invoke(task: Task, start: Start, ctx: Context) -> dict:
         state.best_acc1, state.last_acc1 = start.ckpt.best_acc1, start.ckpt.last_acc1
         return finish(state, ctx, f"{state.run_dir}: all {settings.epochs} epochs are done; nothing to train.")
     training = Training(model, ctx, state.epoch, start.ckpt)
-    return Fit(task, ctx, training, state, loaders, start.notes).run()
+    return Fit(task, ctx, training, state, loaders, start.notes, made).run()
 
 
 def _per_process_batch(task: Task, settings: Settings, env: D.DistEnv) -> int:
@@ -152,7 +160,8 @@ def _build_model(task: Task, ctx: Context, data: DataBundle, start: Start) -> tu
     return model, classes
 
 
-def _test_only(task: Task, ctx: Context, model: nn.Module, test_loader, num_classes: int, start: Start) -> dict:
+def _test_only(task: Task, ctx: Context, model: nn.Module, test_loader, num_classes: int, start: Start,
+               made: Made) -> dict:
     settings = ctx.settings
     load_model_weights(model, start.ckpt)
     if task.check_loaded is not None:
@@ -165,6 +174,7 @@ def _test_only(task: Task, ctx: Context, model: nn.Module, test_loader, num_clas
         record.update({k: metrics[k] for k in ("synops_per_sample", "macs_per_sample", "energy_uJ_per_sample")
                        if k in metrics})
         record["firing_rates"] = metrics["firing_rates"]
+    record["provenance"] = made.record
     if ctx.is_main:
         print_json(record)
     return record

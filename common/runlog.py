@@ -72,17 +72,27 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in sys.argv)
 
 
-def write_args(run_dir: Path, settings: dict, resumed_from: str | None, task: str) -> None:
-    """args.txt: the task and settings as JSON, then the command line; a resume appends its own."""
+def write_args(run_dir: Path, settings: dict, resumed_from: str | None, task: str,
+               provenance: dict | None = None) -> None:
+    """args.txt: the task and settings as JSON, the command line, and a `# provenance: {...}` line (code,
+    libraries, machine); a resume appends its own three lines."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / ARGS
     record = json.dumps({"task": task, **settings}, sort_keys=True, default=str)
+    made = f"# provenance: {json.dumps(provenance, sort_keys=True)}\n" if provenance is not None else ""
     if resumed_from is None or not path.exists():
         origin = f"# started from {resumed_from}\n" if resumed_from is not None else ""
-        path.write_text(f"{origin}{record}\n{command_line()}\n")
+        path.write_text(f"{origin}{record}\n{command_line()}\n{made}")
     else:
         with path.open("a") as f:
-            f.write(f"# resumed from {resumed_from}\n{record}\n{command_line()}\n")
+            f.write(f"# resumed from {resumed_from}\n{record}\n{command_line()}\n{made}")
+
+
+def write_code_diff(run_dir: Path, diff: str, segment: int) -> Path:
+    """The uncommitted changes the run's code had: code.diff for its first segment, code.<n>.diff for later ones."""
+    path = Path(run_dir) / ("code.diff" if segment == 1 else f"code.{segment}.diff")
+    _atomic_write(path, diff)
+    return path
 
 
 def open_writer(run_dir: Path, start_epoch: int):

@@ -8,8 +8,10 @@ The file list (names, sizes, MD5s, download URLs) comes from figshare's public A
 Each file is fetched into `<name>.part`, resumed with an HTTP Range request when a
 transfer is cut (at once, up to --retries times, and by the next run from the .part
 left behind), checked against its MD5, and only then renamed into place.
-A file already present with the right MD5 is skipped. `--api` points elsewhere (a
-mirror, or the tests' local server).
+A file already present with the right MD5 is skipped. `--api` (or the environment variable
+PSN_FIGSHARE_API) points elsewhere: a mirror, or the tests' local server. Each verified file
+is recorded in `manifest.json` beside it (size, MD5, and which model it is: MODELS below), so
+that tools can tell a file's model later without asking the server.
 
 Everything the server says is checked before it is used: a listed name must be a plain
 file name (it is joined to --dest), a URL http(s), a size a sane integer; the listing's
@@ -92,7 +94,8 @@ def fetch_json(url: str, timeout: float, deadline: float):
         raise error(f"{url} answered HTTP {e.code} ({e.reason}).") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
-        raise DownloadError(f"Could not reach {url} ({reason}); check the network connection or --api.") from None
+        raise DownloadError(f"Could not reach {url} ({reason}); check the network connection, or the API address "
+                            "(--api, or the environment variable PSN_FIGSHARE_API).") from None
     except (ValueError, RecursionError):
         raise DownloadError(f"{url} did not return JSON; is --api right?") from None
 
@@ -187,6 +190,112 @@ def describe(name: str) -> str:
     if "cifar" in low or "cf10" in low:
         return "cifar10"
     return "?"
+
+
+# Which released file is which model: the one place these rules live. `--list` shows each file's model,
+# hubconf.py's pretrained=True fetches by them, and the manifest this script writes records them. A model
+# is told by its experiment (describe) and, where one experiment released several, by T (CIFAR10-DVS) or
+# the ResNet depth (ImageNet) written in the name; only checkpoint-like files count.
+MODELS = {
+    "cifar10_psn": "CIFAR-10, CIFAR10Net (256 channels), PSN, T = 4",
+    "cifar10dvs_sliding_psn_t4": "CIFAR10-DVS, VGG with sliding PSN (order 2), T = 4",
+    "cifar10dvs_sliding_psn_t8": "CIFAR10-DVS, VGG with sliding PSN (order 2), T = 8",
+    "cifar10dvs_sliding_psn_t10": "CIFAR10-DVS, VGG with sliding PSN (order 2), T = 10",
+    "sew_resnet18_psn": "ImageNet, SEW ResNet-18 with PSN, T = 4",
+    "sew_resnet34_psn": "ImageNet, SEW ResNet-34 with PSN, T = 4",
+}
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar", ".ckpt", ".pkl", ".bin")
+
+
+def model_of(name: str) -> str | None:
+    """The MODELS key of a listed file, or None when its name does not tell one."""
+    low = name.lower()
+    if not low.endswith(CHECKPOINT_SUFFIXES):
+        return None
+    experiment = describe(name)
+    if experiment == "cifar10dvs":
+        t = re.search(r"(?:^|[^a-z0-9])t[_-]?(\d+)(?![0-9])", low)
+        key = f"cifar10dvs_sliding_psn_t{t.group(1)}" if t else None
+        return key if key in MODELS else None
+    if experiment == "imagenet":
+        depth = re.search(r"(?:resnet|res|r)[_-]?(\d+)(?![0-9])", low) or re.search(r"(?:^|[^0-9])(18|34)(?![0-9])", low)
+        key = f"sew_resnet{depth.group(1)}_psn" if depth else None
+        return key if key in MODELS else None
+    return "cifar10_psn" if experiment == "cifar10" else None
+
+
+def find_model(files: list[dict], key: str) -> dict:
+    """The one listed file of model `key`; none or several is one sentence naming the candidates."""
+    found = [f for f in files if model_of(f["name"]) == key]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise DownloadError(f"Several files of the listing look like {MODELS[key]}: "
+                            f"{', '.join(f['name'] for f in found)}; download the right one by name with --filter.")
+    names = ", ".join(f["name"] for f in files[:20]) or "none"
+    raise DownloadError(f"No file of the listing is recognisably {MODELS[key]} (the rules are MODELS in "
+                        f"scripts/download_checkpoints.py); the listing holds: {names}.")
+
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(dest: Path) -> dict:
+    """{name: {size, md5, model, url}} of the files this script fetched into `dest` (empty when none or damaged)."""
+    try:
+        with (Path(dest) / MANIFEST).open("rb") as f:
+            data = json.loads(f.read(1 << 20))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        return {}
+    kept = {}
+    for name, entry in files.items():
+        try:
+            kept[check_name(name)] = entry if isinstance(entry, dict) else {}
+        except DownloadError:  # a name that is no plain file name: not ours to follow
+            continue
+    return kept
+
+
+def record_in_manifest(dest: Path, entry: dict) -> None:
+    """Note a verified file in `dest`/manifest.json (atomically): which model it is, its size and MD5."""
+    files = read_manifest(dest)
+    files[entry["name"]] = {"size": entry["size"], "md5": entry["md5"], "model": model_of(entry["name"]),
+                            "url": entry["url"]}
+    tmp = Path(dest) / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"article": ARTICLE, "files": files}, indent=1, sort_keys=True))
+    os.replace(tmp, Path(dest) / MANIFEST)
+
+
+def fetch_model(key: str, dest: Path, api: str | None = None, timeout: float = 60.0, retries: int = 3,
+                quiet: bool = True) -> Path:
+    """The released file of model `key` in `dest`: from there when the manifest knows it and its MD5 still
+    matches (no request at all), otherwise listed, downloaded (resumable, MD5-checked) and recorded."""
+    dest = Path(dest)
+    for name, entry in read_manifest(dest).items():
+        path = dest / name
+        if entry.get("model") == key and model_of(name) == key and path.is_file() \
+                and path.stat().st_size == entry.get("size") and md5_of(path) == entry.get("md5"):
+            return path
+    api = _check_url(api or default_api(), "The figshare API address")
+    entry = find_model(list_files(api, ARTICLE, timeout), key)
+    _prepare_dest(dest)
+    for attempt in range(retries + 1):
+        try:
+            download(entry, dest, timeout, quiet)
+            break
+        except TransferCut:
+            if attempt == retries:
+                raise
+    record_in_manifest(dest, entry)
+    return dest / entry["name"]
+
+
+def default_api() -> str:
+    """figshare's API, or the mirror PSN_FIGSHARE_API names (the tests' local server, say)."""
+    return os.environ.get("PSN_FIGSHARE_API") or API
 
 
 def _inside(dest: Path, name: str) -> Path:
@@ -302,12 +411,13 @@ def _prepare_dest(dest: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    p.add_argument("--list", action="store_true", help="list the article's files and exit")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--list", action="store_true", help="list the article's files (and which model each is) and exit")
     p.add_argument("--filter", default=None, help="only files whose name contains this text (or matches this glob)")
     p.add_argument("--dest", default=str(ROOT / "checkpoints"), help="destination folder")
-    p.add_argument("--api", default=API, help="figshare API base URL")
-    p.add_argument("--article", type=_positive(int), default=ARTICLE)
+    p.add_argument("--api", default=default_api(), help="figshare API base URL (environment: PSN_FIGSHARE_API)")
+    p.add_argument("--article", type=_positive(int), default=ARTICLE, help="the figshare article of the checkpoints")
     p.add_argument("--timeout", type=_positive(float), default=60.0,
                    help="seconds a single read may wait before the connection is given up")
     p.add_argument("--deadline", type=_positive(float), default=6 * 3600.0,
@@ -325,7 +435,8 @@ def main(argv=None) -> int:
                 raise DownloadError(f"no file of article {args.article} matches {args.filter!r} (see --list).")
         if args.list:
             for f in files:
-                print(f"{f['name']}\t{f['size'] / 2**20:.1f} MiB\t{describe(f['name'])}\tmd5 {f['md5'] or '-'}")
+                print(f"{f['name']}\t{f['size'] / 2**20:.1f} MiB\t{describe(f['name'])}\t{model_of(f['name']) or '-'}\t"
+                      f"md5 {f['md5'] or '-'}")
             return 0
         dest = Path(args.dest)
         _prepare_dest(dest)
@@ -337,6 +448,7 @@ def main(argv=None) -> int:
         for attempt in range(args.retries + 1):
             try:
                 outcome = download(entry, dest, args.timeout, quiet, args.deadline)
+                record_in_manifest(dest, entry)
                 print(f"{outcome}: {dest / entry['name']}", flush=True)
                 break
             except TransferCut as e:

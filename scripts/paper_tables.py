@@ -74,6 +74,7 @@ class Run:
     variant: str = ""  # what tells two runs of one row apart (e.g. plif_torch)
     curve: list = field(default_factory=list)  # [(epoch, accuracy %)]
     top5: list = field(default_factory=list)
+    code: str = "-"  # the commit(s) the run was made with, from args.txt's provenance lines
 
     @property
     def best(self):
@@ -338,7 +339,34 @@ def read_run(run_dir: Path, event_dir: Path, layout: str | None, warn=lambda mes
     top5_tag = next((t for t in TOP5_TAGS if t in scalars), None)
     curve = [(step, value) for step, value in scalars[tag] if math.isfinite(value)]
     return Run(str(run_dir), task, dataset, neuron, order, T, variant, as_percent(curve),
-               scalars[top5_tag] if top5_tag else [])
+               scalars[top5_tag] if top5_tag else [], read_code(run_dir))
+
+
+def read_code(run_dir: Path) -> str:
+    """The commits of a run's segments from args.txt's `# provenance:` lines: 'abc1234', 'abc1234+dirty',
+    'abc1234 > def5678' when a resume ran other code; '-' when args.txt has none (the original runs)."""
+    path = run_dir / "args.txt"
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return "-"
+        with path.open("rb") as f:
+            lines = f.read(MAX_ARGS_BYTES * 16).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return "-"
+    commits = []
+    for line in lines:
+        if not line.startswith("# provenance: "):
+            continue
+        try:
+            code = json.loads(line[len("# provenance: "):]).get("code") or {}
+            commit = code.get("commit")
+        except (ValueError, RecursionError, AttributeError):
+            continue
+        label = "-" if not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{7,64}", commit) else (
+            commit[:7] + ("+dirty" if code.get("dirty") is True else ""))
+        if not commits or commits[-1] != label:
+            commits.append(label)
+    return " > ".join(commits) if commits else "-"
 
 
 def fmt(value) -> str:
@@ -361,13 +389,17 @@ def neuron_label(run: Run) -> str:
     return label + (f" ({run.variant})" if run.variant else "")
 
 
-def tables(runs: list[Run], roots: list[Path]) -> str:
+def tables(runs: list[Run], roots: list[Path], commits: bool = False) -> str:
     out = []
+
+    def where_of(r: Run) -> str:
+        return short(r.path, roots) + (f" ({r.code})" if commits else "")
+
     by_task = {task: [r for r in runs if r.task == task] for task in PAPER_TASKS}
     if by_task["cifar10"]:
         out += ["## CIFAR-10", "", "| dataset | neuron | T | paper | best | final | run |", "| --- | --- | --- | --- | --- | --- | --- |"]
         out += [f"| {r.dataset} | {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {fmt(r.final)} | "
-                f"{short(r.path, roots)} |" for r in by_task["cifar10"]]
+                f"{where_of(r)} |" for r in by_task["cifar10"]]
         out.append("")
     if by_task["sequential_cifar"]:
         out += ["## Sequential CIFAR (T = 32)", ""]
@@ -388,12 +420,12 @@ def tables(runs: list[Run], roots: list[Path]) -> str:
             label = neuron_label(next(iter(cols.values())))
             cells = "".join(f" {fmt(cols[d].paper) if d in cols else '—'} | {fmt(cols[d].best) if d in cols else '—'} | "
                             f"{fmt(cols[d].final) if d in cols else '—'} |" for d in datasets)
-            where = ", ".join(short(cols[d].path, roots) for d in datasets if d in cols)
+            where = ", ".join(where_of(cols[d]) for d in datasets if d in cols)
             out.append(f"| {label} |{cells} {where} |")
         out.append("")
     if by_task["cifar10dvs"]:
         out += ["## CIFAR10-DVS", "", "| neuron | T | paper | best | final | run |", "| --- | --- | --- | --- | --- | --- |"]
-        out += [f"| {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {fmt(r.final)} | {short(r.path, roots)} |"
+        out += [f"| {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {fmt(r.final)} | {where_of(r)} |"
                 for r in sorted(by_task["cifar10dvs"], key=lambda r: r.T)]
         out.append("")
     if by_task["imagenet"]:
@@ -402,12 +434,12 @@ def tables(runs: list[Run], roots: list[Path]) -> str:
         for r in by_task["imagenet"]:
             best5 = max((v for _, v in r.top5), default=None)
             out.append(f"| {r.dataset} | {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {fmt(r.final)} | "
-                       f"{fmt(PAPER_TOP5.get(r.dataset))} | {fmt(best5)} | {short(r.path, roots)} |")
+                       f"{fmt(PAPER_TOP5.get(r.dataset))} | {fmt(best5)} | {where_of(r)} |")
         out.append("")
     for task in sorted({r.task for r in runs} - set(PAPER_TASKS)):  # tasks the paper has no table for
         out += [f"## {task}", "", "| dataset | neuron | T | best | final | run |", "| --- | --- | --- | --- | --- | --- |"]
         out += [f"| {r.dataset} | {neuron_label(r)} | {r.T or '—'} | {fmt(r.best)} | {fmt(r.final)} | "
-                f"{short(r.path, roots)} |" for r in runs if r.task == task]
+                f"{where_of(r)} |" for r in runs if r.task == task]
         out.append("")
     return "\n".join(out)
 
@@ -505,6 +537,8 @@ def main(argv=None) -> int:
     p.add_argument("roots", nargs="+", help="folders holding TensorBoard runs")
     p.add_argument("--plots", default=None, help="write PNG accuracy curves into this folder")
     p.add_argument("--json", default=None, help="also write every run's numbers as JSON")
+    p.add_argument("--commits", action="store_true",
+                   help="show beside each run the commit it was made with (from its args.txt; +dirty: modified tree)")
     args = p.parse_args(argv)
     roots = [Path(r) for r in args.roots]
     missing = [str(r) for r in roots if not r.is_dir()]
@@ -519,7 +553,7 @@ def main(argv=None) -> int:
     if not runs:
         print(f"error: no TensorBoard run with test accuracy under {', '.join(map(str, roots))}.", file=sys.stderr)
         return 2
-    print(tables(runs, roots))
+    print(tables(runs, roots, args.commits))
     if args.json:
         Path(args.json).write_text(json.dumps([{**asdict(r), "best": r.best, "final": r.final, "paper": r.paper}
                                                for r in runs], indent=1))

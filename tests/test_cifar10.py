@@ -105,7 +105,7 @@ def test_test_only_evaluates_a_checkpoint(two_epoch_run):
     out = run_script(SCRIPT, *QUICK, "--test-only", "--resume", run_dir / "checkpoint_latest.pth")
     record = last_json(out.stdout)
     assert record["samples"] == 360
-    assert set(record) == {"test_acc1", "test_acc5", "test_loss", "samples"}
+    assert set(record) == {"test_acc1", "test_acc5", "test_loss", "samples", "provenance"}
     assert record["test_acc1"] == pytest.approx(last_json(result.stdout)["last_test_acc1"], abs=1e-9)
     assert record["test_acc5"] >= record["test_acc1"]
 

@@ -1,76 +1,13 @@
 """scripts/download_checkpoints.py against a local figshare stand-in on 127.0.0.1."""
 import hashlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from conftest import run_script
+from figshare import FakeFigshare
 
 SCRIPT = "scripts/download_checkpoints.py"
-ARTICLE = 24454912
-
-
-class FakeFigshare:
-    """Serves an article's file listing and its files, with Range support; can cut a transfer midway."""
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files = files
-        self.bad_md5: set[str] = set()
-        self.cut_next: set[str] = set()
-        self.requests: list[tuple[str, str | None]] = []
-        self.article_record_only = False  # serve the file list only inside /articles/{id}
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                fake.requests.append((self.path, self.headers.get("Range")))
-                listing = [{"id": i, "name": name, "size": len(data),
-                            "computed_md5": "0" * 32 if name in fake.bad_md5 else hashlib.md5(data).hexdigest(),
-                            "download_url": f"{fake.url}/files/{name}"}
-                           for i, (name, data) in enumerate(fake.files.items())]
-                if self.path.startswith(f"/articles/{ARTICLE}/files") and not fake.article_record_only:
-                    page = int(self.path.split("page=")[1].split("&")[0]) if "page=" in self.path else 1
-                    body = json.dumps(listing[(page - 1) * 10: page * 10]).encode()  # figshare's pages of 10
-                    return self._send(200, body, {"Content-Type": "application/json"})
-                if self.path == f"/articles/{ARTICLE}":
-                    return self._send(200, json.dumps({"id": ARTICLE, "files": listing}).encode())
-                name = self.path.rsplit("/", 1)[-1]
-                if not self.path.startswith("/files/") or name not in fake.files:
-                    return self._send(404, b"not found")
-                data, start = fake.files[name], 0
-                if self.headers.get("Range"):
-                    start = int(self.headers["Range"].split("=")[1].rstrip("-"))
-                    if start >= len(data):
-                        return self._send(416, b"")
-                chunk = data[start:]
-                headers = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"} if start else {}
-                if name in fake.cut_next:  # promise everything, deliver half, hang up
-                    fake.cut_next.discard(name)
-                    self.send_response(206 if start else 200)
-                    self.send_header("Content-Length", str(len(chunk)))
-                    self.end_headers()
-                    self.wfile.write(chunk[: len(chunk) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self._send(206 if start else 200, chunk, headers)
-
-            def _send(self, code, body, headers=None):
-                self.send_response(code)
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture
@@ -102,8 +39,11 @@ def test_list_and_filter(figshare, tmp_path):
     listing = fetch(figshare, tmp_path, "--list").stdout.splitlines()
     assert [line.split("\t")[0] for line in listing] == list(figshare.files)
     assert listing[1].split("\t")[2] == "imagenet" and listing[2].split("\t")[2] == "cifar10dvs"
+    assert [line.split("\t")[3] for line in listing] == ["cifar10_psn", "sew_resnet18_psn", "cifar10dvs_sliding_psn_t4"]
     fetch(figshare, tmp_path, "--filter", "imagenet")
-    assert [p.name for p in tmp_path.iterdir()] == ["imagenet_sew_resnet18.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imagenet_sew_resnet18.pth", "manifest.json"]
+    recorded = json.loads((tmp_path / "manifest.json").read_text())["files"]["imagenet_sew_resnet18.pth"]
+    assert recorded["model"] == "sew_resnet18_psn" and recorded["size"] == 300_000
     none = fetch(figshare, tmp_path, "--filter", "nothing", check=False)
     assert none.returncode == 2 and "no file" in none.stderr
 
@@ -154,6 +94,6 @@ def test_many_files_over_several_pages_and_the_article_record(tmp_path):
         assert sorted(line.split("\t")[0] for line in listing) == sorted(files)
         server.article_record_only = True
         fetch(server, tmp_path, "--filter", "ckpt_2*")
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_20.pth", "ckpt_21.pth", "ckpt_22.pth"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_20.pth", "ckpt_21.pth", "ckpt_22.pth", "manifest.json"]
     finally:
         server.server.shutdown()

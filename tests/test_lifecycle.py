@@ -153,8 +153,11 @@ def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(tmp_path):
         run_script(SCRIPT, *flags, "--stop-after", 1)
         latest = disk / "r" / "checkpoint_latest.pth"
         before = latest.read_bytes()
+        from common.provenance import code_state
+
+        diff = code_state()[1] or ""  # a modified working tree's code.diff must still fit: the checkpoint may not
         free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-        (disk / "filler").write_bytes(b"\0" * (free - 64 * 1024))
+        (disk / "filler").write_bytes(b"\0" * (free - 64 * 1024 - len(diff.encode())))
         full = run_script(SCRIPT, *flags, "--resume", latest, check=False)
         _fails_cleanly(full, "is full", "previous version is kept", f"--resume {latest}")
         assert latest.read_bytes() == before

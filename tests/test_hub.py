@@ -1,0 +1,203 @@
+"""hubconf.py against a local figshare stand-in on 127.0.0.1: every released model one line away, the
+original outputs in float64, the cache, corrupted and offline caches, and the entries' listing."""
+import hashlib
+import json
+import re
+import sys
+
+import pytest
+import torch
+
+from conftest import FIXTURES, ROOT, manifest
+from figshare import FakeFigshare
+
+ENTRIES = {"cifar10_psn", "cifar10dvs_sliding_psn_t4", "cifar10dvs_sliding_psn_t8", "cifar10dvs_sliding_psn_t10",
+           "sew_resnet18_psn", "sew_resnet34_psn", *(f"sequential_cifar_{n}" for n in (
+               "psn", "masked_psn", "sliding_psn", "lif", "plif", "klif", "glif", "lif_no_reset"))}
+
+
+def _from_manifest(name: str, seed: int) -> dict:
+    """A state dict with exactly the keys, shapes and dtypes of a released model, random values."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape, dtype in manifest(name):
+        if dtype.startswith("int"):
+            sd[key] = torch.zeros(shape, dtype=getattr(torch, dtype))
+        elif key.endswith("running_var"):
+            sd[key] = torch.rand(shape, generator=g) + 0.5
+        else:
+            sd[key] = torch.randn(shape, generator=g) * 0.1
+    return sd
+
+
+def _bytes(obj) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def released():
+    """The article as a server would list it: the CIFAR-10 file is the original-format fixture (32 channels,
+    with the original code's outputs); the others are built from the released models' key manifests."""
+    import argparse
+
+    dvs = _from_manifest("cifar10dvs_vgg_spsn.tsv", 0)
+    files = {
+        "cifar10_psn_c32_T4.pth": (FIXTURES / "cifar10_psn_c32_T4.pth").read_bytes(),
+        "cifar10dvs_T4.pth": _bytes({"model": dvs, "optimizer": {}, "scheduler": {}, "epoch": 199, "best_acc": 82.3}),
+        "cifar10dvs_T8.pth": _bytes({"model": dvs, "optimizer": {}, "scheduler": {}, "epoch": 199, "best_acc": 85.3}),
+        "cifar10dvs_T10.pth": _bytes({"model": dvs, "optimizer": {}, "scheduler": {}, "epoch": 199, "best_acc": 85.9}),
+        "README.txt": b"the article's description",
+    }
+    for depth in (18, 34):
+        sd = _from_manifest(f"imagenet_sew_resnet{depth}_T4.tsv", depth)
+        files[f"sew_resnet{depth}_imagenet_T4.pth"] = _bytes(
+            {"model": sd, "optimizer": {}, "lr_scheduler": {}, "epoch": 319, "max_test_acc1": 67.6,
+             "args": argparse.Namespace(model=f"sew_resnet{depth}", T=4)})
+    server = FakeFigshare(files)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def hub(released, tmp_path, monkeypatch):
+    """hubconf imported as torch.hub.load imports it, with its cache in a fresh folder and the API here."""
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    monkeypatch.setenv("PSN_FIGSHARE_API", released.url)
+    released.requests.clear()
+    yield released
+    torch.hub.set_dir(str(tmp_path / "elsewhere"))
+
+
+def _load(name, **kwargs):
+    return torch.hub.load(str(ROOT), name, source="local", trust_repo=True, verbose=False, **kwargs)
+
+
+def test_the_cifar10_entry_gives_the_original_outputs_then_reads_its_cache(hub):
+    model = _load("cifar10_psn", pretrained=True, channels=32)
+    assert not model.training
+    io_ = torch.load(FIXTURES / "cifar10_psn_c32_T4.io.pt", weights_only=True)
+    with torch.no_grad():
+        out = model.double()(io_["x"])
+    assert (out - io_["y"]).abs().max().item() < 1e-9
+    downloads = [path for path, _ in hub.requests if path.startswith("/files/")]
+    assert downloads == ["/files/cifar10_psn_c32_T4.pth"]  # that model's file only
+
+    hub.requests.clear()
+    _load("cifar10_psn", pretrained=True, channels=32)
+    assert hub.requests == []  # from the cache: not one request
+
+    cached = next((ROOT / torch.hub.get_dir()).glob("checkpoints/psn-figshare-24454912/cifar10_psn_c32_T4.pth"))
+    data = bytearray(cached.read_bytes())
+    data[-100] ^= 0xFF  # the cached file corrupted on disk
+    cached.write_bytes(bytes(data))
+    _load("cifar10_psn", pretrained=True, channels=32)
+    assert "/files/cifar10_psn_c32_T4.pth" in [path for path, _ in hub.requests]  # fetched again
+    assert hashlib.md5(cached.read_bytes()).hexdigest() == hashlib.md5(hub.files["cifar10_psn_c32_T4.pth"]).hexdigest()
+
+
+def _original_to_ours(sd: dict, psn_prefixes: bool) -> dict:
+    """The original names by hand: IFNode5's `fc.weight` / `fc.bias` [T], the sliding PSN's `threshold`."""
+    out = {}
+    for key, value in sd.items():
+        if key.endswith(".fc.weight") and psn_prefixes:
+            out[key.replace(".fc.weight", ".weight")] = value
+        elif key.endswith(".fc.bias") and psn_prefixes:
+            out[key.replace(".fc.bias", ".bias")] = value.reshape(-1, 1)
+        elif key.endswith(".threshold"):
+            out[key.replace(".threshold", ".bias")] = value
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("name,file,model", [
+    ("cifar10dvs_sliding_psn_t4", "cifar10dvs_T4.pth", lambda: __import__("cifar10dvs.models").models.VGGSlidingPSN()),
+    ("cifar10dvs_sliding_psn_t10", "cifar10dvs_T10.pth", lambda: __import__("cifar10dvs.models").models.VGGSlidingPSN()),
+    ("sew_resnet18_psn", "sew_resnet18_imagenet_T4.pth",
+     lambda: __import__("imagenet.models").models.sew_resnet18(T=4, num_classes=1000)),
+    ("sew_resnet34_psn", "sew_resnet34_imagenet_T4.pth",
+     lambda: __import__("imagenet.models").models.sew_resnet34(T=4, num_classes=1000)),
+])
+def test_the_dvs_and_imagenet_entries_hold_the_released_tensors(hub, name, file, model):
+    sys.path.insert(0, str(ROOT))
+    loaded = _load(name, pretrained=True).double()
+    reference = model()  # built here, its weights put in by hand from the served file
+    sd = torch.load(_served(hub, file), weights_only=False)["model"]  # a file the test made: Namespace inside
+    reference.load_state_dict(_original_to_ours(sd, psn_prefixes=True))
+    reference = reference.double().eval()
+    for key, value in reference.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    torch.manual_seed(0)
+    x = torch.rand((2, 4, 2, 48, 48) if "dvs" in name else (1, 3, 64, 64), dtype=torch.float64) * 3
+    with torch.no_grad():
+        assert torch.equal(loaded(x), reference(x))
+
+
+def _served(hub, name):
+    import io
+
+    return io.BytesIO(hub.files[name])
+
+
+def test_listings_without_a_models_file_or_with_two_are_one_sentence(tmp_path, monkeypatch):
+    from scripts.download_checkpoints import DownloadError, find_model, model_of
+
+    assert {model_of(n) for n in ("PSN_CIFAR10DVS_T8.pth", "dvs-t_8.pt")} == {"cifar10dvs_sliding_psn_t8"}
+    assert model_of("imagenet_sew_resnet34.pth") == "sew_resnet34_psn" and model_of("notes_cifar10.txt") is None
+    two = [{"name": "cifar10dvs_T4.pth"}, {"name": "dvs_t4_again.pth"}, {"name": "cifar10.pth"}]
+    with pytest.raises(DownloadError, match="Several files .* cifar10dvs_T4.pth, dvs_t4_again.pth"):
+        find_model(two, "cifar10dvs_sliding_psn_t4")
+    with pytest.raises(DownloadError, match="No file of the listing is recognisably ImageNet, SEW ResNet-18") as e:
+        find_model(two, "sew_resnet18_psn")
+    assert "cifar10.pth" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_offline_with_an_empty_cache_is_one_sentence_naming_the_url(tmp_path, monkeypatch):
+    from scripts.download_checkpoints import DownloadError
+
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    monkeypatch.setenv("PSN_FIGSHARE_API", "http://127.0.0.1:9/v2")  # nothing listens on the discard port
+    with pytest.raises(DownloadError) as caught:
+        _load("sew_resnet18_psn", pretrained=True)
+    message = str(caught.value)
+    assert "http://127.0.0.1:9/v2/articles/24454912" in message and "\n" not in message
+
+
+def test_refusals_of_the_entries(hub):
+    from common.errors import UserError
+
+    with pytest.raises(UserError, match="released no weights for sequential_cifar_psn"):
+        _load("sequential_cifar_psn", pretrained=True)
+    with pytest.raises(UserError, match="T=8 contradicts the released cifar10_psn weights .* T=4"):
+        _load("cifar10_psn", pretrained=True, channels=32, T=8)
+    with pytest.raises(UserError, match="num_classes=100 contradicts"):
+        _load("sew_resnet18_psn", pretrained=True, num_classes=100)
+    with pytest.raises(TypeError, match="takes no depth"):
+        _load("cifar10_psn", depth=3)
+    assert _load("sequential_cifar_sliding_psn", channels=8).conv[2].k == 32  # architectures build without weights
+
+
+def test_the_entries_listed_by_torch_hub_each_with_a_one_line_docstring(monkeypatch):
+    monkeypatch.setattr(torch.hub, "_get_cache_or_reload", lambda *a, **k: str(ROOT))  # torch.hub.list is GitHub-only
+    names = torch.hub.list("owner/repo", trust_repo=True, verbose=False)
+    assert set(names) == ENTRIES
+    for name in names:
+        doc = torch.hub.help("owner/repo", name, trust_repo=True).strip()
+        assert doc and len(doc.splitlines()) == 1 and len(doc) < 200, name
+    import hubconf  # a plain import works as well, in the repository's folder
+
+    assert re.search(r"paper 95\.32", hubconf.cifar10_psn.__doc__)
+
+
+def test_the_downloader_and_the_hub_share_the_api_setting(released, tmp_path, monkeypatch):
+    from scripts import download_checkpoints
+
+    monkeypatch.setenv("PSN_FIGSHARE_API", released.url)
+    assert download_checkpoints.default_api() == released.url
+    assert download_checkpoints.main(["--filter", "cifar10dvs_T8", "--dest", str(tmp_path)]) == 0
+    recorded = json.loads((tmp_path / "manifest.json").read_text())["files"]
+    assert recorded["cifar10dvs_T8.pth"]["model"] == "cifar10dvs_sliding_psn_t8"
