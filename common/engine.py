@@ -108,11 +108,13 @@ def sync_point(ctx: Context, model: nn.Module, loss_sum: torch.Tensor, epoch: in
 
 def train_one_epoch(t: Training, loader, loss_fn: Callable, scores: Callable, ctx: Context, progress: Progress,
                     epoch: int, batch_transform=None, resumed: EpochSums | None = None,
-                    start_step: int = 0) -> EpochResult:
+                    start_step: int = 0, early_lines: bool = False) -> EpochResult:
     """Train one epoch (from `start_step` on with the running sums `resumed`, after a mid-epoch checkpoint).
 
     A stop request ends it early at a step the processes agree on (every step in one process,
-    every --print-freq and every STOP_CHECK_STEPS steps under DDP).
+    every --print-freq and every STOP_CHECK_STEPS steps under DDP). With `early_lines` (the first epoch
+    an invocation trains) progress also shows at steps 1, 2, 4, 8, ... before the first --print-freq
+    step, so a run says within seconds that it trains, whatever --print-freq is.
     """
     t.train_model.train()
     print_freq = ctx.settings.print_freq
@@ -127,7 +129,7 @@ def train_one_epoch(t: Training, loader, loss_fn: Callable, scores: Callable, ct
     seen_here = 0
     start = time.perf_counter()
     stopped_at = None
-    bar = progress.bar(loader, len(loader), f"train {epoch}")
+    bar = progress.bar(loader, len(loader), f"train {epoch + 1}")
     for step, batch in enumerate(bar, start_step + 1):
         images, target = _to_device(batch, ctx)
         if batch_transform is not None:
@@ -146,7 +148,8 @@ def train_one_epoch(t: Training, loader, loss_fn: Callable, scores: Callable, ct
             hard = target.argmax(-1) if target.dim() > 1 else target  # mixed soft labels: the dominant class
             sums += torch.stack([loss.detach().double() * n, (scores(output).argmax(-1) == hard).sum().double(),
                                  sums.new_tensor(n)])
-        at_print = step % print_freq == 0
+        at_print = step % print_freq == 0 or (early_lines and step - start_step < print_freq
+                                              and (step - start_step) & (step - start_step - 1) == 0)
         # Host syncs only every --print-freq steps, and under DDP every STOP_CHECK_STEPS to agree
         # on a stop (a cluster gives seconds); one process stops at the first step it can.
         if at_print or (ctx.env.enabled and step % STOP_CHECK_STEPS == 0) or (

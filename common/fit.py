@@ -67,6 +67,7 @@ class Fit:
         self.progress = Progress(ctx.env, settings.epochs)
         self.writer = None
         self.notes = notes
+        self.first_epoch = state.epoch  # the first this invocation trains: its progress lines start at once
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -81,6 +82,7 @@ class Fit:
             runlog.write_args(state.run_dir, settings.record(), state.resumed_from, self.task.name, self.made.record)
             self.writer = runlog.open_writer(state.run_dir, state.epoch)
             runlog.truncate_metrics(state.run_dir, state.epoch)  # a resumed run rewrites the epochs it replays
+            self.first_epoch = state.epoch
         stop_at = settings.epochs if settings.stop_after is None else min(settings.epochs,
                                                                            state.epoch + settings.stop_after)
         extra = {}
@@ -120,7 +122,7 @@ class Fit:
             start_step = state.step
             resumed = EpochSums.from_list(state.epoch_sums) if state.epoch_sums is not None else None
         train = train_one_epoch(t, loaders.train, self.train_loss, self.task.scores, ctx, self.progress, epoch,
-                                loaders.batch_transform, resumed, start_step)
+                                loaders.batch_transform, resumed, start_step, early_lines=epoch == self.first_epoch)
         if train.stopped_at is not None:
             state.step, state.epoch_sums = train.stopped_at, train.sums.as_list()
             if ctx.is_main:
@@ -166,7 +168,9 @@ class Fit:
 
     def log(self, epoch: int, train: EpochResult, test: dict, ema_test: dict | None, lr: float,
             extra_scalars: dict) -> None:
-        """TensorBoard and metrics.jsonl: the same scalars, one step per epoch."""
+        """TensorBoard and metrics.jsonl: the same scalars, one step per epoch, numbered from 1 as the console
+        counts them (epoch 1 is the first)."""
+        number = epoch + 1
         scalars = {"train/loss": train.loss, "train/acc1": train.acc1, "test/loss": test["loss"],
                    "test/acc1": test["acc1"], "lr": lr, "train/images_per_s": train.images_per_s,
                    "train/epoch_time_s": train.epoch_time_s, **extra_scalars}
@@ -177,11 +181,11 @@ class Fit:
         if self.ctx.settings.spike_stats:
             scalars.update(spike_stats.scalars(test))
             for name, image in spike_stats.psn_weight_images(self.t.model, self.ctx.settings.T).items():
-                self.writer.add_image(f"psn_weight/{name}", image, epoch)
+                self.writer.add_image(f"psn_weight/{name}", image, number)
         for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, epoch)
+            self.writer.add_scalar(tag, value, number)
         self.writer.flush()
-        runlog.append_metrics(self.writer.log_dir, strict_json({"epoch": epoch, **scalars}))
+        runlog.append_metrics(self.writer.log_dir, strict_json({"epoch": number, **scalars}))
 
     def checkpoint(self) -> Checkpoint:
         state, settings, t = self.state, self.ctx.settings, self.t.state()

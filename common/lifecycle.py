@@ -21,6 +21,7 @@ from . import distributed as D
 from . import runlog
 from .checkpoint import Checkpoint, read_checkpoint
 from .errors import UserError
+from .cli import INVOCATION, MODEL
 from .settings import Settings, adopt_inferred, adopt_recorded, check
 from .task import Task
 
@@ -103,8 +104,11 @@ class Start:
     notes: list = field(default_factory=list)  # what rank 0 prints once the run starts
 
 
-def resolve(task: Task, cli: Settings, ckpt: Checkpoint | None) -> Settings:
-    """The command line merged with a checkpoint's settings: recorded (ours) or told by its tensors (others)."""
+def resolve(task: Task, cli: Settings, ckpt: Checkpoint | None, told: list | None = None) -> Settings:
+    """The command line merged with a checkpoint's settings: recorded (ours) or told by its tensors (others).
+
+    `told`, when given, collects one phrase per setting taken from the file (for --test-only's report)."""
+    told = told if told is not None else []
     if ckpt is None:
         settings = cli
     elif ckpt.layout == "ours":
@@ -114,16 +118,57 @@ def resolve(task: Task, cli: Settings, ckpt: Checkpoint | None) -> Settings:
         recorded = dict(ckpt.recorded_settings)
         if task.upgrade_recorded is not None:
             recorded = task.upgrade_recorded(recorded, ckpt.state_dict)
-        settings, _ = adopt_recorded(cli, {**runlog_legacy(task), **recorded}, str(ckpt.path))
-    elif task.infer_settings is not None:
-        settings, _ = adopt_inferred(cli, task.infer_settings(ckpt.state_dict), str(ckpt.path))
+        settings, taken = adopt_recorded(cli, {**runlog_legacy(task), **recorded}, str(ckpt.path))
+        told += [f"{k}={settings[k]}" for k in settings.flags if settings.flags[k].kind == MODEL and k in recorded]
+        told[-1:] = [f"{told[-1]} (recorded in it)"] if told else []
     else:
-        settings = cli
+        inferred = task.infer_settings(ckpt.state_dict) if task.infer_settings is not None else {}
+        settings, taken = adopt_inferred(cli, inferred, str(ckpt.path))
+        told += [f"{k}={settings[k]}" for k in inferred]
+        told[-1:] = [f"{told[-1]} (from its tensors)"] if told else []
+        settings = _settings_the_file_cannot_tell(task, settings, ckpt, told)
     if settings is not cli:
         check(settings)
     if task.check_settings is not None:
         task.check_settings(settings)
     return settings
+
+
+def _settings_the_file_cannot_tell(task: Task, settings: Settings, ckpt: Checkpoint, told: list) -> Settings:
+    """A setting another program's file cannot tell (a CIFAR10-DVS file's T): from the command line, or from the
+    manifest.json that scripts/download_checkpoints.py wrote beside the file; never guessed."""
+    missing = [k for k in task.file_cannot_tell if k not in settings.explicit]
+    if not missing:
+        return settings
+    known = _manifest_settings(ckpt.path)
+    found = {k: known[k] for k in missing if k in known}
+    if found:
+        settings, _ = adopt_inferred(settings, found, f"{ckpt.path} (its manifest.json)")
+        told += [f"{k}={v} (from manifest.json beside it)" for k, v in found.items()]
+    for key in missing:
+        if key not in found:
+            flag = settings.flags[key]
+            choices = task.file_cannot_tell[key]
+            raise UserError(f"Checkpoint {ckpt.path} ({ckpt.layout} layout) cannot tell its {key}; give {flag.name} "
+                            f"(the paper's runs: {', '.join(map(str, choices))}), or fetch the file with "
+                            "scripts/download_checkpoints.py, whose manifest.json records it.")
+    return settings
+
+
+def _manifest_settings(path: Path | None) -> dict:
+    """The settings scripts/download_checkpoints.py recorded for a file in the manifest.json beside it."""
+    import json
+
+    if path is None:
+        return {}
+    try:
+        with (Path(path).parent / "manifest.json").open("rb") as f:
+            files = json.loads(f.read(1 << 20)).get("files", {})
+        entry = files.get(Path(path).name, {}) if isinstance(files, dict) else {}
+        settings = entry.get("settings", {}) if isinstance(entry, dict) else {}
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
 
 
 def runlog_legacy(task: Task) -> dict:
@@ -146,7 +191,9 @@ def open_run(task: Task, cli: Settings, env: D.DistEnv) -> Start:
             if path is None:
                 raise UserError(f"--test-only --resume auto found no checkpoint in {named_run_dir(task, cli)}.")
         ckpt = read_checkpoint(path)
-        return Start(resolve(task, cli.replace(resume=str(path)), ckpt), ckpt)
+        told = []
+        settings = resolve(task, cli.replace(resume=str(path)), ckpt, told)
+        return Start(settings, ckpt, notes=[_loaded(ckpt, told)])
     decision, problem, locks, ckpt = None, None, [], None
     if env.is_main:
         try:
@@ -217,9 +264,40 @@ def _claim(task: Task, cli: Settings, locks: list):
         return (str(ckpt.path), cli.resume, str(run_dir), continuing, notes), ckpt
     run_dir = named_run_dir(task, cli)
     lock(run_dir)
+    finished = _finished_run_of(task, cli, run_dir)
+    if finished is not None:  # the same command again: its summary, nothing trained or overwritten
+        notes.append(f"{run_dir} holds a finished run of these settings; a new run of them needs another "
+                     "--run-name (or --output-dir).")
+        return (str(finished.path), str(finished.path), str(run_dir), True, notes), finished
     runlog.claim_new_run_dir(run_dir)
     runlog.remove_stray_temporaries(run_dir)
     return (None, None, str(run_dir), False, notes), None
+
+
+def _finished_run_of(task: Task, cli: Settings, run_dir: Path) -> Checkpoint | None:
+    """The checkpoint of a finished run in `run_dir` made with exactly these settings, or None."""
+    path = runlog.resumable_checkpoint(run_dir)
+    try:
+        ckpt = read_checkpoint(path) if path is not None else None
+    except UserError:
+        return None
+    if ckpt is None or ckpt.layout != "ours" or ckpt.task not in (None, task.name) or ckpt.step \
+            or ckpt.position[0] < cli.epochs:
+        return None
+    recorded = {**runlog_legacy(task), **ckpt.recorded_settings}
+    same = all(recorded[k] == v for k, v in cli.items()
+               if k in recorded and k in cli.flags and cli.flags[k].kind != INVOCATION)
+    return ckpt if same else None
+
+
+def _loaded(ckpt: Checkpoint, told: list) -> str:
+    """What --test-only evaluates: the file, its layout and position, and the settings it gave."""
+    layout = "this project's" if ckpt.layout == "ours" else f"the original {ckpt.layout}" \
+        if ckpt.layout != "state_dict" else "a bare state dict"
+    where = f", {ckpt.where()}" if ckpt.epoch is not None else ""
+    best = f", best {ckpt.best_acc1:.2f} %" if ckpt.best_acc1 is not None else ""
+    model = "; model: " + ", ".join(told) if told else "; model settings from the command line"
+    return f"evaluating {ckpt.path} ({layout} layout{where}{best}){model}"
 
 
 def _read_or_point_to_best(path: Path) -> Checkpoint:

@@ -108,6 +108,9 @@ def _invoke(task: Task, start: Start, ctx: Context, made: Made) -> dict:
     loaders = Loaders(train_loader, test_loader, data.batch_transform, num_classes, step_samples)
     if state.epoch >= settings.epochs:  # a finished run, or a file with nothing left to train: its summary
         state.best_acc1, state.last_acc1 = start.ckpt.best_acc1, start.ckpt.last_acc1
+        if ctx.is_main:
+            for note in start.notes:
+                print(note, flush=True)
         return finish(state, ctx, f"{state.run_dir}: all {settings.epochs} epochs are done; nothing to train.")
     training = Training(model, ctx, state.epoch, start.ckpt)
     return Fit(task, ctx, training, state, loaders, start.notes, made).run()
@@ -164,6 +167,10 @@ def _test_only(task: Task, ctx: Context, model: nn.Module, test_loader, num_clas
                made: Made) -> dict:
     settings = ctx.settings
     load_model_weights(model, start.ckpt)
+    if ctx.is_main:
+        for note in start.notes:
+            print(note, flush=True)
+        print(f"test set: {len(test_loader.dataset)} samples, the model scores {num_classes} classes", flush=True)
     if task.check_loaded is not None:
         task.check_loaded(model, settings)
     metrics = evaluate_model(task, ctx, model, test_loader, num_classes, with_spike_stats=settings.spike_stats)

@@ -95,11 +95,12 @@ def write_code_diff(run_dir: Path, diff: str, segment: int) -> Path:
     return path
 
 
-def open_writer(run_dir: Path, start_epoch: int):
-    """A TensorBoard writer; on resume, events after the checkpoint's epoch are purged on reading."""
+def open_writer(run_dir: Path, epochs_done: int):
+    """A TensorBoard writer whose steps are epochs numbered from 1; on resume, the steps after the checkpoint's
+    epoch (those replayed) are purged on reading."""
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(log_dir=str(run_dir), purge_step=start_epoch if start_epoch > 0 else None)
+    return SummaryWriter(log_dir=str(run_dir), purge_step=epochs_done + 1 if epochs_done > 0 else None)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -108,15 +109,16 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def truncate_metrics(run_dir: Path, start_epoch: int) -> None:
-    """Keep the metrics of epochs before `start_epoch`: a resumed run appends from there, never twice."""
+def truncate_metrics(run_dir: Path, epochs_done: int) -> None:
+    """Keep the metrics of the first `epochs_done` epochs (numbered from 1): a resumed run appends from there,
+    never twice."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return
     kept = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line).get("epoch", start_epoch) < start_epoch:
+            if json.loads(line).get("epoch", epochs_done + 1) <= epochs_done:
                 kept.append(line)
         except (ValueError, AttributeError):
             continue  # a line cut by a kill: the epoch is replayed

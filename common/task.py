@@ -46,6 +46,9 @@ class Task:
     check_loaded: Callable[[nn.Module, Settings], None] | None = None
     # The MODEL settings an original-layout state dict determines through its tensors ({'channels': 256, 'T': 4}).
     infer_settings: Callable[[dict], dict] | None = None
+    # Settings another program's checkpoint cannot tell through its tensors, with the values the paper used
+    # ({'T': (4, 8, 10)}): given on the command line or by the downloader's manifest, or refused; never guessed.
+    file_cannot_tell: Mapping = field(default_factory=dict)
     # Values of settings that our checkpoints written before the setting existed were trained with.
     legacy_settings: Mapping = field(default_factory=dict)
     # A checkpoint's recorded settings from before a change of meaning, rewritten: (recorded, state dict) -> recorded.

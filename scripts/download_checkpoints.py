@@ -204,6 +204,9 @@ MODELS = {
     "sew_resnet18_psn": "ImageNet, SEW ResNet-18 with PSN, T = 4",
     "sew_resnet34_psn": "ImageNet, SEW ResNet-34 with PSN, T = 4",
 }
+# The settings of each model that its file may not tell (a CIFAR10-DVS file's T): the manifest records them,
+# and --test-only / --resume read them from there.
+MODEL_SETTINGS = {key: {"T": int(key.rsplit("_t", 1)[1])} for key in MODELS if key.startswith("cifar10dvs")}
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar", ".ckpt", ".pkl", ".bin")
 
 
@@ -262,8 +265,9 @@ def read_manifest(dest: Path) -> dict:
 def record_in_manifest(dest: Path, entry: dict) -> None:
     """Note a verified file in `dest`/manifest.json (atomically): which model it is, its size and MD5."""
     files = read_manifest(dest)
-    files[entry["name"]] = {"size": entry["size"], "md5": entry["md5"], "model": model_of(entry["name"]),
-                            "url": entry["url"]}
+    model = model_of(entry["name"])
+    files[entry["name"]] = {"size": entry["size"], "md5": entry["md5"], "model": model, "url": entry["url"],
+                            "settings": MODEL_SETTINGS.get(model, {})}
     tmp = Path(dest) / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps({"article": ARTICLE, "files": files}, indent=1, sort_keys=True))
     os.replace(tmp, Path(dest) / MANIFEST)

@@ -33,28 +33,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.neuron_registry import NEURON_ALIASES, NEURON_NAMES, NEURONS  # noqa: E402
+from scripts.experiments import load as load_rows, paper_numbers  # noqa: E402
 
-# The paper's numbers (test accuracy, %), as read from the authors' logs.
-PAPER = {
-    ("cifar10", "cifar10", "psn", None, 4): 95.32,
-    ("cifar10dvs", "cifar10dvs", "sliding_psn", 2, 4): 82.30,
-    ("cifar10dvs", "cifar10dvs", "sliding_psn", 2, 8): 85.30,
-    ("cifar10dvs", "cifar10dvs", "sliding_psn", 2, 10): 85.90,
-    ("imagenet", "sew_resnet18", "psn", None, 4): 67.63,
-    ("imagenet", "sew_resnet34", "psn", None, 4): 70.54,
-}
-PAPER_TOP5 = {"sew_resnet18": 87.75, "sew_resnet34": 89.68}
-SEQUENTIAL = {  # neuron, order -> (sCIFAR-10, sCIFAR-100)
-    ("psn", None): (88.45, 62.21), ("masked_psn", 32): (85.81, 60.69), ("sliding_psn", 32): (86.70, 62.11),
-    ("lif", None): (81.50, 55.45), ("plif", None): (83.49, 57.55), ("klif", None): (83.26, 57.37),
-    ("glif", None): (83.66, 58.92), ("lif_no_reset", None): (79.50, 53.33),
-    ("masked_psn", 1): (None, 49.30), ("masked_psn", 2): (None, 57.46),
-    ("sliding_psn", 1): (None, 49.70), ("sliding_psn", 2): (None, 55.91),
-}
-for (neuron, order), (c10, c100) in SEQUENTIAL.items():
-    for dataset, value in (("cifar10", c10), ("cifar100", c100)):
-        if value is not None:
-            PAPER[("sequential_cifar", dataset, neuron, order, 32)] = value
+# The paper's numbers (test accuracy, %): the registry of its experiments, read from the authors' logs.
+ROWS = load_rows()
+PAPER = paper_numbers(ROWS)
+PAPER_TOP5 = {row.dataset: row.paper_top5 for row in ROWS if row.paper_top5 is not None}
 
 NEURON_LABELS = {name: entry.label for name, entry in NEURONS.items()}
 # The paper's four experiments, each with a table laid out like the paper's; any other task gets a plain one.
@@ -335,11 +319,14 @@ def read_run(run_dir: Path, event_dir: Path, layout: str | None, warn=lambda mes
     tag = next((t for t in TEST_TAGS if t in scalars), None)
     if tag is None:
         return None
-    task, dataset, neuron, order, T, variant = describe(run_dir, read_args(run_dir), layout)
+    args = read_args(run_dir)
+    task, dataset, neuron, order, T, variant = describe(run_dir, args, layout)
     top5_tag = next((t for t in TOP5_TAGS if t in scalars), None)
-    curve = [(step, value) for step, value in scalars[tag] if math.isfinite(value)]
-    return Run(str(run_dir), task, dataset, neuron, order, T, variant, as_percent(curve),
-               scalars[top5_tag] if top5_tag else [], read_code(run_dir))
+    # Epochs are numbered from 1 (ours); the original scripts logged them from 0.
+    shift = 0 if "task" in args else 1
+    curve = [(step + shift, value) for step, value in scalars[tag] if math.isfinite(value)]
+    top5 = [(step + shift, value) for step, value in scalars[top5_tag]] if top5_tag else []
+    return Run(str(run_dir), task, dataset, neuron, order, T, variant, as_percent(curve), top5, read_code(run_dir))
 
 
 def read_code(run_dir: Path) -> str:
@@ -401,10 +388,11 @@ def tables(runs: list[Run], roots: list[Path], commits: bool = False) -> str:
         out += [f"| {r.dataset} | {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {fmt(r.final)} | "
                 f"{where_of(r)} |" for r in by_task["cifar10"]]
         out.append("")
-    if by_task["sequential_cifar"]:
+    main = [r for r in by_task["sequential_cifar"] if not in_order_sweep(r)]
+    if main:
         out += ["## Sequential CIFAR (T = 32)", ""]
         rows = {}  # (neuron, order, variant, n) -> {dataset: run}; n > 0 for further runs of one row
-        for r in by_task["sequential_cifar"]:
+        for r in main:
             n = 0
             while r.dataset in rows.setdefault((r.neuron, r.order, r.variant, n), {}):
                 n += 1
@@ -423,6 +411,9 @@ def tables(runs: list[Run], roots: list[Path], commits: bool = False) -> str:
             where = ", ".join(where_of(cols[d]) for d in datasets if d in cols)
             out.append(f"| {label} |{cells} {where} |")
         out.append("")
+    sweep = [r for r in by_task["sequential_cifar"] if in_order_sweep(r)]
+    if sweep:
+        out += sweep_table(sweep, where_of)
     if by_task["cifar10dvs"]:
         out += ["## CIFAR10-DVS", "", "| neuron | T | paper | best | final | run |", "| --- | --- | --- | --- | --- | --- |"]
         out += [f"| {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {fmt(r.final)} | {where_of(r)} |"
@@ -444,8 +435,31 @@ def tables(runs: list[Run], roots: list[Path], commits: bool = False) -> str:
     return "\n".join(out)
 
 
+def sweep_table(sweep: list[Run], where_of) -> list[str]:
+    """The order sweep as the paper plots it: a row per order k, the masked and the sliding PSN side by side
+    (order 32 is in the main table)."""
+    columns = sorted({(r.dataset, r.neuron) for r in sweep})
+    out = ["## Order sweep of the masked and sliding PSN (sequential CIFAR)", "",
+           "| k |" + "".join(f" {NEURON_LABELS.get(n, n)}, {d} paper | best |" for d, n in columns) + " runs |",
+           "| --- |" + " --- | --- |" * len(columns) + " --- |"]
+    for k in sorted({r.order for r in sweep}):
+        at = {(r.dataset, r.neuron): r for r in sweep if r.order == k}
+        cells = "".join(f" {fmt(at[c].paper) if c in at else '—'} | {fmt(at[c].best) if c in at else '—'} |"
+                        for c in columns)
+        out.append(f"| {k} |{cells} {', '.join(where_of(at[c]) for c in columns if c in at)} |")
+    return out + [""]
+
+
 def in_order_sweep(run: Run) -> bool:
     return run.task == "sequential_cifar" and run.neuron in ("masked_psn", "sliding_psn") and run.order not in (None, 32)
+
+
+def curve_label(run: Run) -> str:
+    """A legend entry that tells two curves of one figure apart: model, neuron, T (and the run's folder when
+    two runs share all three)."""
+    model = {"sew_resnet18": "SEW ResNet-18", "sew_resnet34": "SEW ResNet-34"}.get(run.dataset, run.dataset)
+    head = f"{model}, " if run.task == "imagenet" else ""
+    return f"{head}{neuron_label(run)}, T={run.T} ({Path(run.path).name})"
 
 
 def plot_group(run: Run) -> str:
@@ -464,9 +478,14 @@ def plot_order_sweep(runs: list[Run], folder: Path, plt) -> Path | None:
         points = sorted((r.order, r.best) for r in sweep if (r.dataset, r.neuron) == (dataset, neuron))
         if len(points) < 2:  # a single order is no sweep; its curve is in the dataset's figure
             continue
-        ax.plot([k for k, _ in points], [v for _, v in points], marker="o", markersize=3,
-                label=f"{NEURON_LABELS[neuron]}, {dataset}")
-    ax.set(title="Sequential CIFAR: best test accuracy against the order k", xlabel="order k",
+        line, = ax.plot([k for k, _ in points], [v for _, v in points], marker="o", markersize=3,
+                        label=f"{NEURON_LABELS[neuron]}, {dataset}")
+        paper = sorted((row.order, row.paper) for row in ROWS if row.sweep and (row.dataset, row.neuron) ==
+                       (dataset, neuron))
+        if paper:
+            ax.plot([k for k, _ in paper], [v for _, v in paper], linestyle=":", color=line.get_color(),
+                    linewidth=0.8, label=f"{NEURON_LABELS[neuron]}, {dataset}: the paper")
+    ax.set(title="Sequential CIFAR: best test accuracy against the order k (dotted: the paper's)", xlabel="order k",
            ylabel="best test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -493,12 +512,15 @@ def plot(runs: list[Run], folder: Path, roots: list[Path]) -> list[Path]:
     for group in sorted({plot_group(r) for r in curves}):
         members = [r for r in curves if plot_group(r) == group]
         fig, ax = plt.subplots(figsize=(8, 5))
+        dotted = False
         for r in members:
-            label = f"{neuron_label(r)}, T={r.T}: best {fmt(r.best)}"
+            label = f"{curve_label(r)}: best {fmt(r.best)}"
             line, = ax.plot([s for s, _ in r.curve], [v for _, v in r.curve], linewidth=1, label=label)
             if r.paper is not None:
                 ax.axhline(r.paper, color=line.get_color(), linestyle=":", linewidth=0.8)
-        ax.set(title=f"{group}: test accuracy (dotted: the paper)", xlabel="epoch", ylabel="test accuracy (%)")
+                dotted = True
+        title = f"{group}: test accuracy" + (" (dotted: the paper's best)" if dotted else "")
+        ax.set(title=title, xlabel="epoch (1 = the first)", ylabel="test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6 if len(members) <= 12 else 4, loc="lower right", ncol=1 if len(members) <= 12 else 2)
         path = folder / f"{group}_test_acc.png"
@@ -557,9 +579,9 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps([{**asdict(r), "best": r.best, "final": r.final, "paper": r.paper}
                                                for r in runs], indent=1))
-    if args.plots:
+    if args.plots:  # stdout stays Markdown (`> tables.md`); what was written goes to stderr
         for path in plot(runs, Path(args.plots), roots):
-            print(f"plot: {path}")
+            print(f"plot: {path}", file=sys.stderr)
     return 0
 
 

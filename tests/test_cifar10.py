@@ -59,7 +59,7 @@ def test_two_epoch_run_writes_args_events_checkpoints_and_json(two_epoch_run):
     scalars = read_scalars(run_dir)
     assert TAGS <= set(scalars)
     for tag in TAGS:
-        assert [step for step, _ in scalars[tag]] == [0, 1], tag
+        assert [step for step, _ in scalars[tag]] == [1, 2], tag  # epochs numbered from 1
     assert scalars["test/acc1"][-1][1] == pytest.approx(record["last_test_acc1"], abs=1e-4)
     assert scalars["lr"][0][1] == pytest.approx(0.1)
     assert scalars["lr"][1][1] == pytest.approx(0.05)  # cosine over 2 epochs, stepped per epoch
@@ -171,11 +171,17 @@ def test_missing_dataset_says_what_to_do(tmp_path):
 
 
 def test_occupied_run_directory_is_refused_and_left_alone(two_epoch_run):
-    run_dir, _ = two_epoch_run
+    run_dir, finished = two_epoch_run
     before = (run_dir / "checkpoint_latest.pth").read_bytes()
-    result = run_script(SCRIPT, *QUICK, "--epochs", 2, "--output-dir", run_dir.parent, "--run-name", "run",
+    result = run_script(SCRIPT, *QUICK, "--epochs", 3, "--output-dir", run_dir.parent, "--run-name", "run",
                         check=False)
     _fails_cleanly(result, "already holds", "--resume")
+    assert (run_dir / "checkpoint_latest.pth").read_bytes() == before
+    # The very command of the finished run, again: its summary, nothing trained or written.
+    again = run_script(SCRIPT, *QUICK, "--epochs", 2, "--output-dir", run_dir.parent, "--run-name", "run")
+    assert "holds a finished run of these settings" in again.stdout and "nothing to train" in again.stdout
+    summary, earlier = last_json(again.stdout), last_json(finished.stdout)
+    assert summary["best_test_acc1"] == earlier["best_test_acc1"] and summary["epochs_done"] == 2
     assert (run_dir / "checkpoint_latest.pth").read_bytes() == before
 
 

@@ -155,7 +155,7 @@ def test_wrong_checkpoint_is_refused_with_the_keys_named(dvs_root, tmp_path):
     ckpt = manifest_checkpoint()
     ckpt["model"]["classifier.1.weight"] = ckpt["model"].pop("classifier.0.module.1.weight")
     torch.save(ckpt, tmp_path / "wrong.pth")
-    result = run_script(SCRIPT, "--data-dir", dvs_root, "--device", "cpu", "--workers", 0, "--test-only",
+    result = run_script(SCRIPT, "--data-dir", dvs_root, "--device", "cpu", "--workers", 0, "-T", 4, "--test-only",
                         "--resume", tmp_path / "wrong.pth", check=False)
     assert result.returncode != 0
     err = result.stderr.strip().splitlines()[-1]

@@ -22,7 +22,8 @@ def test_progress_lines_metrics_file_and_summary(tmp_path):
     first = run_script(SCRIPT, *QUICK, "--epochs", 2, "--stop-after", 1, "--print-freq", 10, "--spike-stats",
                        "--output-dir", tmp_path, "--run-name", "r")
     lines = [m.groups() for m in map(PROGRESS.match, first.stdout.splitlines()) if m]
-    assert [(e, s, n) for e, _, s, n in lines] == [("1", str(k), "44") for k in (10, 20, 30, 40)]  # 1,437 // 32
+    # Steps 1, 2, 4 and 8 before the first --print-freq step (a sign of life within seconds), then every 10th.
+    assert [(e, s, n) for e, _, s, n in lines] == [("1", str(k), "44") for k in (1, 2, 4, 8, 10, 20, 30, 40)]
     run = tmp_path / "r"
     # A killed run's half-written last line, and then a resume: no epoch twice, none lost.
     with (run / "metrics.jsonl").open("a") as f:
@@ -30,14 +31,14 @@ def test_progress_lines_metrics_file_and_summary(tmp_path):
     second = run_script(SCRIPT, *QUICK, "--epochs", 2, "--resume", run / "checkpoint_latest.pth")
     _check_spike_statistics_in_tensorboard(run)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1]
+    assert [r["epoch"] for r in records] == [1, 2]  # numbered from 1, as the console counts
     scalars = read_scalars(run)
     assert {"spikes/conv.2", "spikes/synops_per_sample"} <= set(records[0])  # --spike-stats of the first invocation
     for record in records:
         assert set(record) - {"epoch"} <= set(scalars) and "test/acc1" in record
         for tag, value in record.items():
             if tag != "epoch":
-                assert scalars[tag][record["epoch"]][1] == pytest.approx(value, rel=1e-6), tag
+                assert dict(scalars[tag])[record["epoch"]] == pytest.approx(value, rel=1e-6), tag
     assert json.loads((run / "summary.json").read_text()) == last_json(second.stdout)
 
 

@@ -127,7 +127,7 @@ def test_one_epoch_digits_run_of_every_neuron(neuron, tmp_path):
     assert {"train/loss", "test/acc1", "test/acc5", "lr"} <= set(scalars)
     assert (tmp_path / record["run_dir"].rsplit("/", 1)[-1] / "checkpoint_latest.pth").is_file()
     if neuron == "masked_psn":
-        assert scalars["neuron/lambda"] == [(0, 1.0)]  # a 1-epoch run is all last epoch
+        assert scalars["neuron/lambda"] == [(1, 1.0)]  # a 1-epoch run is all last epoch
 
 
 def test_resumed_masked_psn_run_continues_with_the_right_lambda(tmp_path):
@@ -144,7 +144,7 @@ def test_resumed_masked_psn_run_continues_with_the_right_lambda(tmp_path):
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     lambdas = read_scalars(tmp_path / "b/r")["neuron/lambda"]
-    assert lambdas == read_scalars(tmp_path / "a/r")["neuron/lambda"] == [(0, 0.0), (1, 1.0), (2, 1.0)]
+    assert lambdas == read_scalars(tmp_path / "a/r")["neuron/lambda"] == [(1, 0.0), (2, 1.0), (3, 1.0)]
 
 
 def test_streaming_test_only_gives_the_multi_step_accuracy(tmp_path):
@@ -174,3 +174,12 @@ def test_streaming_refuses_weights_mid_lambda_schedule(tmp_path):
                         tmp_path / "r" / "checkpoint_latest.pth", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "lambda = 0" in result.stderr and "cannot stream" in result.stderr
+
+
+def test_streaming_takes_the_neuron_from_the_checkpoint():
+    """No -neu: the original-layout file's tensors say sliding PSN (order 8), which streams; a PSN file is refused."""
+    flags = ["--dataset", "digits", "--workers", 0, "--device", "cpu", "--test-only", "--streaming", "--resume"]
+    out = run_script(SCRIPT, *flags, FIXTURES / "seqcifar10_sliding_psn_P8_c16.pth")
+    assert "neuron=sliding_psn, order=8" in out.stdout and last_json(out.stdout)["samples"] == 360
+    refused = run_script(SCRIPT, *flags, FIXTURES / "seqcifar10_psn_c16.pth", check=False)
+    assert refused.returncode == 2 and "--streaming needs a neuron that runs one step at a time" in refused.stderr

@@ -46,7 +46,7 @@ def test_every_layout_is_read(paper_tables):
     assert seq100[("sliding_psn", 2)] == 55.91 and len(seq100) == 6 + 32 * 2  # psn + 5 baselines, masked and sliding P = 1..32
     # Runs resumed by the authors hold two event files; each epoch counts once.
     lif = next(r for r in runs if r["path"].endswith("scf10/lif_e256_b128_sgd_lr0.1_c128_amp"))
-    assert [s for s, _ in lif["curve"]] == list(range(256))
+    assert [s for s, _ in lif["curve"]] == list(range(1, 257))  # the original logged from 0; read from 1
 
 
 def test_plots_are_pngs(paper_tables):
@@ -67,11 +67,11 @@ def test_our_own_runs_resumed_and_not(tmp_path):
                                "--output-dir", tmp_path, "--run-name", "s").stdout)
     result = run_script(SCRIPT, tmp_path, "--json", tmp_path / "runs.json")
     runs = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads((tmp_path / "runs.json").read_text())}
-    assert [s for s, _ in runs["a"]["curve"]] == [0, 1]
+    assert [s for s, _ in runs["a"]["curve"]] == [1, 2]
     assert runs["a"]["best"] == pytest.approx(done["best_test_acc1"], abs=1e-4) and runs["a"]["dataset"] == "digits"
     assert runs["s"]["task"] == "sequential_cifar" and runs["s"]["neuron"] == "sliding_psn" and runs["s"]["order"] == 4
     assert runs["s"]["final"] == pytest.approx(seq["last_test_acc1"], abs=1e-4)
-    assert "## CIFAR-10" in result.stdout and "## Sequential CIFAR" in result.stdout
+    assert "## CIFAR-10" in result.stdout and "## Order sweep" in result.stdout  # k = 4: a run of the sweep
 
 
 def test_no_runs_is_one_clear_error(tmp_path):
