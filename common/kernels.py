@@ -11,9 +11,13 @@ a [T] bias, and autograd carries the weight gradient back through the mask or ba
 - x is seen as T slabs of M elements: each time step of a [T, N, C, H, W] activation is
   one dense slab in the contiguous and the channels-last layouts alike, so the kernels
   read and write either (or any dense layout) in place, with no copy.
-- fp32, fp16 and bf16 inputs; the arithmetic is fp32 (unrolled outer products for
-  T <= 16, `tl.dot` in IEEE mode beyond); spikes and the input gradient come back in
-  the input's dtype.
+- fp32, fp16 and bf16 inputs; the arithmetic is fp32 and the spikes and the input
+  gradient come back in the input's dtype.
+- Three paths by T (`launch_config`): unrolled outer products for short sequences
+  (forward T <= 16, backward T <= 8), `tl.dot` in IEEE mode with W held whole (forward
+  T <= 64, backward T <= 32), and W walked in tiles beyond (up to T = 256). Each setting
+  keeps every compiled variant at <= 128 registers per thread, no spills and >= 16 warps
+  per SM on sm_80 and sm_90 (`scripts/kernel_resources.py` checks it without a GPU).
 
 The ops are registered with `torch.library`, so `torch.compile`d models keep them as
 opaque calls. The torch path of `common.neurons` is the reference; the tests run these
@@ -92,6 +96,10 @@ def usable(x: torch.Tensor, surrogate_function) -> bool:
         return False
     if x.numel() == 0:  # nothing to launch a grid over
         return False
+    if x[0].numel() >= 2**31 or x.stride(0) >= 2**31:
+        # Element counts and strides reach the kernels as i32 (their i64 variants spill registers): a time step
+        # of 2^31 elements or more (8 GiB in fp32) takes the torch path.
+        return False
     from spikingjelly.activation_based import surrogate
 
     return type(surrogate_function) is surrogate.ATan and surrogate_function.spiking
@@ -112,12 +120,9 @@ def _slab_layout(x: torch.Tensor) -> bool:
     return x.stride(0) >= x[0].numel() and _is_dense(x[0]) and (x.shape[0] == 1 or x.stride(0) == x[0].numel())
 
 
-SMALL_T = 16
-
-
 if HAVE_TRITON:
 
-    # Short sequences (T <= SMALL_T): the time mixing is unrolled into T outer products,
+    # Short sequences (T <= SMALL_T_FORWARD / SMALL_T_BACKWARD): the time mixing is unrolled into T outer products,
     # so no work is spent on padding T up to tl.dot's minimum tile of 16.
 
     @triton.jit
@@ -220,7 +225,7 @@ if HAVE_TRITON:
         tl.store(gw_part_ptr + pid * T_PAD * T_PAD + square, gw_acc)
         tl.store(gb_part_ptr + pid * T_PAD + rows, gb_acc)
 
-    # Long sequences (T > DOT_MAX_T): W no longer fits in registers or shared memory, so
+    # Long sequences (T > DOT_MAX_T_FORWARD / _BACKWARD): W no longer fits in registers or shared memory, so
     # it is walked in [TILE, TILE] tiles (from L2: it is tiny next to x) and each program
     # keeps one [TILE, BLOCK] accumulator. Forward: spikes. Backward: the surrogate
     # gradient gh = g * dS/dH into an fp32 buffer, from which two GEMMs give dX = W^T gh
@@ -254,7 +259,12 @@ if HAVE_TRITON:
                 tl.store(out_ptr + offsets, (h >= 0.0).to(out_ptr.dtype.element_ty), mask=ok)
 
 
-DOT_MAX_T = 64  # beyond this, the tiled kernel (W in tiles, dW and dX by GEMMs)
+# Which kernel runs at which T, per direction (docs/benchmark.md has the register counts, the occupancy and the
+# bytes per neuron-step behind these bounds):
+SMALL_T_FORWARD = 16  # unrolled outer products up to here; tl.dot tiles beyond
+SMALL_T_BACKWARD = 8  # the unrolled backward's registers grow with T: past 8 it falls under 16 warps per SM
+DOT_MAX_T_FORWARD = 64
+DOT_MAX_T_BACKWARD = 32  # a [64, 64] W and its gradient in registers leave 8 warps per SM: T > 32 goes tiled
 
 
 @dataclass(frozen=True)
@@ -267,6 +277,14 @@ class LaunchConfig:
     constexprs: dict
     num_warps: int
     num_stages: int
+    # At most 128 registers per thread: room for 16 resident warps per SM at any block size. With an explicit
+    # limit ptxas also stops trading a few bytes of spills for occupancy, which it does on its own.
+    maxnreg: int = 128
+
+    @property
+    def options(self) -> dict:
+        """The launch options Triton compiles with (the constexprs come separately)."""
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages, "maxnreg": self.maxnreg}
 
     @property
     def block(self) -> int:
@@ -276,28 +294,31 @@ class LaunchConfig:
 def launch_config(direction: str, T: int) -> LaunchConfig:
     """The kernel and settings for `direction` ('forward' or 'backward') at T steps.
 
-    Chosen so that no variant spills registers to local memory on sm_80 or sm_90, for
-    fp32, fp16 and bf16 (checked ahead of time by tests/test_kernel_resources.py):
-    software pipelining is off (num_stages=1: the loops are short and the loads
-    coalesced; its buffers cost registers and shared memory), and the [T, BLOCK] tiles
-    shrink as T grows.
+    Chosen so that no variant a launch can get (16-byte aligned or not, fp32/fp16/bf16, sm_80 and
+    sm_90) spills registers, and that every variant up to T = 64 leaves room for at least 16
+    resident warps per SM (checked ahead of time by tests/test_kernel_resources.py): software
+    pipelining is off (num_stages=1: the loops are short and the loads coalesced; its buffers
+    cost registers and shared memory), and the [T, BLOCK] tiles shrink as T grows.
     """
     if not 1 <= T <= MAX_T:
         raise ValueError(f"the fused kernels take 1 <= T <= {MAX_T}, got {T}")
     p2 = triton.next_power_of_2(T)
-    if T <= SMALL_T:
-        if direction == "forward":
-            return LaunchConfig("small", _psn_forward_small_kernel, {"T": T, "T_P2": p2, "BLOCK": 256}, 4, 1)
-        return LaunchConfig("small", _psn_backward_small_kernel, {"T": T, "T_P2": p2, "BLOCK": 128}, 4, 1)
     t_pad = max(16, p2)
-    if T <= DOT_MAX_T:
-        if direction == "forward":
-            block, warps = (128, 4) if t_pad <= 32 else (32, 8)  # 64 x 64 tiles at 4 warps spill on sm_80
-            return LaunchConfig("dot", _psn_forward_kernel, {"T_PAD": t_pad, "BLOCK": block}, warps, 1)
-        block, warps = (64, 8) if t_pad <= 32 else (16, 8)
+    if direction == "forward":
+        if T <= SMALL_T_FORWARD:
+            block = 256 if T <= 8 else 128  # T rows of BLOCK potentials per program
+            return LaunchConfig("small", _psn_forward_small_kernel, {"T": T, "T_P2": p2, "BLOCK": block}, 4, 1)
+        if T <= DOT_MAX_T_FORWARD:
+            warps = 8 if t_pad <= 32 else 16  # a [64, 64] W over 512 threads: a few registers each
+            return LaunchConfig("dot", _psn_forward_kernel, {"T_PAD": t_pad, "BLOCK": 32}, warps, 1)
+        return LaunchConfig("tiled", _psn_tiled_kernel, {"T_PAD": t_pad, "TILE": 32, "BLOCK": 64, "GRAD": False}, 8, 1)
+    if T <= SMALL_T_BACKWARD:
+        return LaunchConfig("small", _psn_backward_small_kernel, {"T": T, "T_P2": p2, "BLOCK": 128}, 4, 1)
+    if T <= DOT_MAX_T_BACKWARD:
+        # W, its gradient and the [T, BLOCK] tiles spread over more threads as T grows.
+        block, warps = (64, 8) if t_pad == 16 else (32, 16)
         return LaunchConfig("dot", _psn_backward_kernel, {"T_PAD": t_pad, "BLOCK": block}, warps, 1)
-    grad = direction == "backward"
-    return LaunchConfig("tiled", _psn_tiled_kernel, {"T_PAD": t_pad, "TILE": 32, "BLOCK": 64, "GRAD": grad}, 4, 1)
+    return LaunchConfig("tiled", _psn_tiled_kernel, {"T_PAD": t_pad, "TILE": 32, "BLOCK": 64, "GRAD": True}, 8, 1)
 
 
 LAUNCHES = {"forward": 0, "backward": 0}  # kernel launches so far; tests read it to know the fused path ran
@@ -310,7 +331,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch
     cfg = launch_config("forward", T)
     grid = (triton.cdiv(M, cfg.block),)
     w, b = weight.float().contiguous(), bias.float().contiguous()
-    launch = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.constexprs)
+    launch = dict(**_options(cfg), **cfg.constexprs)
     if cfg.name == "small":
         cfg.kernel[grid](x, w, b, spikes, M, x.stride(0), **launch)
     elif cfg.name == "dot":
@@ -319,6 +340,11 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch
         cfg.kernel[grid](x, w, b, x, spikes, M, x.stride(0), T, 0.0, **launch)
     LAUNCHES["forward"] += 1
     return spikes
+
+
+def _options(cfg: LaunchConfig) -> dict:
+    # Triton's interpreter takes no register limit: it runs the kernels as numpy code.
+    return {k: v for k, v in cfg.options.items() if not (_INTERPRET and k == "maxnreg")}
 
 
 def _programs(device: torch.device, n_blocks: int) -> int:
@@ -339,7 +365,7 @@ def _backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: t
     M = x[0].numel()
     cfg = launch_config("backward", T)
     w, b = weight.float().contiguous(), bias.float().contiguous()
-    launch = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.constexprs)
+    launch = dict(**_options(cfg), **cfg.constexprs)
     LAUNCHES["backward"] += 1
     if cfg.name == "tiled":
         gh = torch.empty_like(x, dtype=torch.float32)  # same strides as x: one set of offsets

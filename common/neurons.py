@@ -34,16 +34,24 @@ def _check_positive_int(name: str, value) -> int:
     return value
 
 
+def potential_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The precision of the membrane potential, on both paths and whatever autocast says: fp32 (fp64 for a
+    float64 model or input). fp16 / bf16 inputs are upcast and the weights and bias stay fp32, so a spike
+    never flips on the rounding of a potential near the threshold (the original's fp16 `addmm` under AMP
+    rounded W, b, x and H to fp16: a deliberate deviation, on the recipe cards)."""
+    return torch.float64 if torch.float64 in (x.dtype, weight.dtype) else torch.float32
+
+
 def _time_linear(weight: torch.Tensor, bias: torch.Tensor, x_seq: torch.Tensor) -> torch.Tensor:
-    """H = weight @ x_seq + bias over the time axis; x_seq is [T, N, *], H has its shape.
+    """H = weight @ x_seq + bias over the time axis, in potential_dtype; x_seq is [T, N, *], H has its shape.
 
     The [T, N, *] tensor is seen as a [T, N*...] matrix: a free view of a contiguous
     activation (a channels-last one is copied here; the fused kernel reads it in place).
     """
+    dtype = potential_dtype(x_seq, weight)
     flat = x_seq.reshape(x_seq.shape[0], -1)
-    if flat.dtype != weight.dtype and not torch.is_autocast_enabled(flat.device.type):
-        weight, bias = weight.to(flat.dtype), bias.to(flat.dtype)
-    return torch.addmm(bias, weight, flat).view(x_seq.shape)
+    with torch.autocast(flat.device.type, enabled=False):
+        return torch.addmm(bias.to(dtype), weight.to(dtype), flat.to(dtype)).view(x_seq.shape)
 
 
 def _kernels():
@@ -63,7 +71,7 @@ def _fire(weight: torch.Tensor, bias: torch.Tensor, x_seq: torch.Tensor, surroga
         spikes = _kernels().fire(x_seq, weight, bias, surrogate_function.alpha)
         if spikes is not None:  # None: the kernel cannot run here (warned once); the torch path follows
             return spikes
-    return surrogate_function(_time_linear(weight, bias, x_seq))
+    return surrogate_function(_time_linear(weight, bias, x_seq)).to(x_seq.dtype)
 
 
 def _check_steps(module: nn.Module, x_seq: torch.Tensor) -> None:
@@ -186,8 +194,10 @@ class MaskedPSN(base.MemoryModule):
             )
         queue = [*queue, x][-self.k:]
         row = self.masked_weight()[time_step, time_step + 1 - len(queue): time_step + 1]
-        h = torch.tensordot(row.to(x.dtype), torch.stack(queue), dims=1) + self.bias[time_step].to(x.dtype)
-        return (self.surrogate_function(h),), (time_step + 1, queue)
+        dtype = potential_dtype(x, row)
+        with torch.autocast(x.device.type, enabled=False):
+            h = torch.tensordot(row.to(dtype), torch.stack(queue).to(dtype), dims=1) + self.bias[time_step].to(dtype)
+        return (self.surrogate_function(h).to(x.dtype),), (time_step + 1, queue)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self.k}, T={self.T}, lambda_={self._lambda_.item():g}"
@@ -246,12 +256,11 @@ class SlidingPSN(base.MemoryModule):
         return torch.where(inside, self.weight[index], self.weight.new_zeros(()))
 
     def _conv_potential(self, x_seq: torch.Tensor) -> torch.Tensor:
-        flat = x_seq.reshape(x_seq.shape[0], -1)
-        weight, bias = self.weight, self.bias
-        if flat.dtype != weight.dtype and not torch.is_autocast_enabled(flat.device.type):
-            weight, bias = weight.to(flat.dtype), bias.to(flat.dtype)
+        dtype = potential_dtype(x_seq, self.weight)
+        flat = x_seq.reshape(x_seq.shape[0], -1).to(dtype)
         signal = F.pad(flat.t().unsqueeze(1), (self.k - 1, 0))  # [M, 1, T + k - 1], causal padding
-        h = F.conv1d(signal, weight.view(1, 1, -1)).squeeze(1).t() + bias
+        with torch.autocast(flat.device.type, enabled=False):
+            h = F.conv1d(signal, self.weight.to(dtype).view(1, 1, -1)).squeeze(1).t() + self.bias.to(dtype)
         return h.reshape(x_seq.shape)
 
     def multi_step_functional_forward(self, inputs, states, **kwargs):
@@ -260,14 +269,16 @@ class SlidingPSN(base.MemoryModule):
             raise ValueError(f"SlidingPSN expects a time-major input [T, N, *], got shape {tuple(x_seq.shape)}.")
         if self.backend == "gemm":
             return (_fire(self.gen_gemm_weight(x_seq.shape[0]), self.bias, x_seq, self.surrogate_function),), states
-        return (self.surrogate_function(self._conv_potential(x_seq)),), states
+        return (self.surrogate_function(self._conv_potential(x_seq)).to(x_seq.dtype),), states
 
     def single_step_functional_forward(self, inputs, states, **kwargs):
         x = inputs[0]
         queue = [*states[0], x][-self.k:]
-        weight = self.weight[self.k - len(queue):].to(x.dtype)
-        h = torch.tensordot(weight, torch.stack(queue), dims=1) + self.bias.to(x.dtype)
-        return (self.surrogate_function(h),), (queue,)
+        dtype = potential_dtype(x, self.weight)
+        with torch.autocast(x.device.type, enabled=False):
+            weight = self.weight[self.k - len(queue):].to(dtype)
+            h = torch.tensordot(weight, torch.stack(queue).to(dtype), dims=1) + self.bias.to(dtype)
+        return (self.surrogate_function(h).to(x.dtype),), (queue,)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self.k}, backend={self.backend}"

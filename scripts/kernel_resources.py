@@ -1,16 +1,28 @@
-"""Registers, spills and shared memory of every fused-kernel variant, compiled ahead of time (no GPU needed).
+"""Registers, spills, shared memory and resident warps of every fused-kernel variant, compiled ahead of time
+(no GPU needed).
 
-    python scripts/kernel_resources.py                       # every variant: both directions, the T list,
-                                                             # fp32/fp16/bf16, sm_80 and sm_90 (~minutes)
+    python scripts/kernel_resources.py                       # every variant a launch can get (~minutes)
     python scripts/kernel_resources.py --T 32 64 --dtype fp32 --arch 90 --markdown
 
 Each variant is exactly what `common.kernels.launch_config` makes the dispatcher launch
 for that T, compiled by Triton for the target (`GPUTarget('cuda', 80|90, 32)`); the
 PTX then goes through the `ptxas` that Triton ships, with the flags Triton itself uses,
 whose `-v` report gives registers per thread and spill bytes. Shared memory is Triton's
-own figure, checked against the target's per-block limit. Variants are compiled with
-the specialisation a real launch mostly gets (16-byte aligned pointers, M and the time
-stride divisible by 16); `--unaligned` compiles the other case too.
+own figure, checked against the target's per-block limit.
+
+A launch gets one of several compiled variants: Triton specialises every pointer on being
+16-byte aligned, and every integer argument (the element count M, the time stride, and T
+where it is not a compile-time constant) on being divisible by 16. Both extremes are
+compiled: `aligned` (every pointer aligned, M and the stride divisible) and `unaligned`
+(none of them: a fully connected layer of 10 features, an odd last batch, a sliced tensor),
+each with T's own divisibility as a launch at that T has it. The default T list holds one
+T for every compiled kernel: each T of the unrolled paths, and for each padded size of the
+tiled paths one T that is a multiple of 16 and one that is not.
+
+A variant is ok when it spills nothing, uses at most 255 registers and the shared memory a
+block may have, and, for T <= 64, leaves room for at least 16 resident warps per SM (65,536
+registers per SM, allocated per warp in units of 256; shared memory per SM; at most 32
+blocks and 64 warps): a memory-bound kernel needs that many warps' loads in flight.
 """
 import argparse
 import json
@@ -28,15 +40,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # (set before Triton is first imported, here and in the worker processes).
 os.environ["TRITON_INTERPRET"] = "0"
 
-T_VALUES = (1, 2, 3, 4, 8, 16, 17, 32, 64, 100, 128, 256)
 DTYPES = ("fp32", "fp16", "bf16")
 ARCHS = (80, 90)
-# Shared memory one block may use (opt-in maximum): A100 163 KiB, H100/H200 227 KiB.
+# Shared memory one block may use (opt-in maximum), and one SM has: A100 163 / 164 KiB, H100/H200 227 / 228 KiB;
+# the driver reserves 1 KiB of it per block.
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+SHARED_PER_SM = {80: 164 * 1024, 90: 228 * 1024}
+REGISTERS_PER_SM = 65536
 MAX_REGISTERS = 255
+MIN_WARPS_PER_SM = 16  # for T <= OCCUPANCY_T
+OCCUPANCY_T = 64
+
+
+def variant_Ts() -> tuple[int, ...]:
+    """One T per compiled kernel of either direction (see the module's docstring)."""
+    from common import kernels as K
+
+    chosen = set(range(1, max(K.SMALL_T_FORWARD, K.SMALL_T_BACKWARD) + 1))
+    for low, high in ((9, 16), (17, 32), (33, 64), (65, 128), (129, 256)):
+        chosen |= {low, high}  # low is no multiple of 16, high is
+    return tuple(sorted(chosen))
+
+
+T_VALUES = variant_Ts()
 # Arguments that carry the activation's dtype; every other pointer is an fp32 buffer.
 ACTIVATION_ARGS = {"x_ptr", "g_ptr", "s_ptr", "gx_ptr"}
-INT64_ARGS = {"stride_t"}
+# Every integer argument is an i32: common.kernels.usable sends a time step of 2**31 elements or more to the
+# torch path, so no launch gets the 64-bit variants (which spill a few bytes).
+INT64_ARGS: set[str] = set()
 FLOAT_ARGS = {"alpha"}
 
 
@@ -57,9 +88,19 @@ class Resources:
     shared: int
 
     @property
+    def warps_per_sm(self) -> int:
+        """Resident warps one SM can hold of this kernel: registers (per warp, in units of 256), shared memory
+        (plus the driver's 1 KiB per block), at most 32 blocks and 64 warps."""
+        per_warp = -(-self.registers * 32 // 256) * 256
+        blocks = min(32, 64 // self.num_warps, REGISTERS_PER_SM // (per_warp * self.num_warps),
+                     SHARED_PER_SM[self.arch] // (self.shared + 1024))
+        return blocks * self.num_warps
+
+    @property
     def ok(self) -> bool:
         return (self.spill_stores == 0 and self.spill_loads == 0 and self.registers <= MAX_REGISTERS
-                and self.shared <= SHARED_LIMIT[self.arch])
+                and self.shared <= SHARED_LIMIT[self.arch]
+                and (self.T > OCCUPANCY_T or self.warps_per_sm >= MIN_WARPS_PER_SM))
 
 
 def _signature(kernel, dtype: str, constexprs: dict, out_dtype: str) -> dict:
@@ -102,13 +143,13 @@ def measure_config(cfg, direction: str, T: int, dtype: str, arch: int, aligned: 
     out_dtype = "fp32" if cfg.constexprs.get("GRAD") else dtype
     signature = _signature(kernel, dtype, cfg.constexprs, out_dtype)
     attrs = {}
-    if aligned:
-        for i, name in enumerate(kernel.arg_names):
-            if name.endswith("_ptr") or name in ("M", "stride_t"):
-                attrs[(i,)] = [["tt.divisibility", 16]]
+    for i, name in enumerate(kernel.arg_names):
+        if aligned and (name.endswith("_ptr") or name in ("M", "stride_t")):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        if name == "T" and name not in cfg.constexprs and T % 16 == 0:  # T's own, whatever the pointers are
+            attrs[(i,)] = [["tt.divisibility", 16]]
     source = ASTSource(fn=kernel, signature=signature, constexprs=cfg.constexprs, attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=cfg.options)
     ptx = compiled.asm["ptx"]
     target = re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1)  # sm_90 compiles to sm_90a
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,12 +185,13 @@ def measure_all(Ts=T_VALUES, dtypes=DTYPES, archs=ARCHS, aligned=(True,), jobs: 
 
 
 def markdown(results: list[Resources]) -> str:
-    lines = ["| direction | T | path | constexprs | warps | dtype | arch | registers | spill stores / loads (B) | "
-             "shared (B) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| direction | T | path | constexprs | warps | dtype | arch | aligned | registers | spill stores / loads "
+             "(B) | shared (B) | warps per SM |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         consts = ", ".join(f"{k}={v}" for k, v in r.constexprs.items() if k not in ("T", "T_P2", "T_PAD"))
         lines.append(f"| {r.direction} | {r.T} | {r.path} | {consts} | {r.num_warps} | {r.dtype} | sm_{r.arch} | "
-                     f"{r.registers} | {r.spill_stores} / {r.spill_loads} | {r.shared} |")
+                     f"{'yes' if r.aligned else 'no'} | {r.registers} | {r.spill_stores} / {r.spill_loads} | "
+                     f"{r.shared} | {r.warps_per_sm} |")
     return "\n".join(lines)
 
 
@@ -158,7 +200,8 @@ def main(argv=None) -> int:
     p.add_argument("--T", type=int, nargs="+", default=list(T_VALUES))
     p.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES))
     p.add_argument("--arch", type=int, nargs="+", choices=ARCHS, default=list(ARCHS))
-    p.add_argument("--unaligned", action="store_true", help="also compile the unaligned specialisation")
+    p.add_argument("--aligned-only", action="store_true",
+                   help="only the aligned specialisation (default: both; see the docstring)")
     p.add_argument("--jobs", "-j", type=int, default=None, help="parallel compiler processes (default: CPUs)")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (default: JSON lines)")
     args = p.parse_args(argv)
@@ -167,15 +210,16 @@ def main(argv=None) -> int:
     except ImportError:
         print("error: Triton is not installed (it ships with the CUDA builds of torch).", file=sys.stderr)
         return 2
-    results = measure_all(args.T, args.dtype, args.arch, (True, False) if args.unaligned else (True,), args.jobs)
+    results = measure_all(args.T, args.dtype, args.arch, (True,) if args.aligned_only else (True, False), args.jobs)
     if args.markdown:
         print(markdown(results))
     else:
         for r in results:
-            print(json.dumps({**asdict(r), "ok": r.ok}))
+            print(json.dumps({**asdict(r), "warps_per_sm": r.warps_per_sm, "ok": r.ok}))
     bad = [r for r in results if not r.ok]
     if bad:
-        print(f"{len(bad)} of {len(results)} variants spill or exceed a limit.", file=sys.stderr)
+        print(f"{len(bad)} of {len(results)} variants spill, exceed a limit or leave fewer than "
+              f"{MIN_WARPS_PER_SM} warps per SM.", file=sys.stderr)
     return 1 if bad else 0
 
 

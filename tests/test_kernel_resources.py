@@ -1,8 +1,9 @@
 """The fused kernels' GPU code, checked without a GPU: every variant the dispatcher can launch is
-compiled ahead of time for sm_80 and sm_90, and ptxas (shipped with Triton) reports its resources.
+compiled ahead of time for sm_80 and sm_90, aligned and unaligned, and ptxas (shipped with Triton)
+reports its resources.
 
-No variant may spill registers to local memory, use more than 255 registers, or more shared
-memory than the target gives one block. About 2 minutes on 2 cores with an empty Triton cache.
+No variant may spill registers to local memory, use more than 255 registers or more shared memory
+than the target gives one block, and up to T = 64 each must leave room for 16 resident warps per SM.
 """
 import json
 import subprocess
@@ -20,22 +21,27 @@ def _check(*flags, expected: int):
     out = run_script("scripts/kernel_resources.py", "--jobs", "2", *flags, check=False, timeout=1800)
     results = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(results) == expected and {r["arch"] for r in results} == {80, 90}
-    bad = [(r["direction"], r["T"], r["dtype"], r["arch"], r["registers"], r["spill_stores"], r["shared"])
-           for r in results if not r["ok"]]
+    assert {r["aligned"] for r in results} == {True, False}  # both specialisations a launch can get
+    bad = [(r["direction"], r["T"], r["dtype"], r["arch"], r["aligned"], r["registers"], r["spill_stores"],
+            r["shared"], r["warps_per_sm"]) for r in results if not r["ok"]]
     assert not bad and out.returncode == 0, bad
+    assert all(r["warps_per_sm"] >= 16 for r in results if r["T"] <= 64)
     return results
 
 
-def test_no_kernel_variant_spills_at_the_tile_boundaries():
-    """Every path at its largest tiles (and the smallest T), fp32 and bf16, both targets: ~40 s cold."""
-    results = _check("--T", "1", "16", "32", "64", "128", "256", "--dtype", "fp32", "bf16", expected=48)
+def test_no_kernel_variant_spills_at_the_path_boundaries():
+    """Each path at both ends of its T range, fp32 and bf16, aligned and unaligned, both targets."""
+    results = _check("--T", "8", "9", "16", "17", "32", "33", "64", "65", "256", "--dtype", "fp32", "bf16",
+                     expected=9 * 2 * 2 * 2 * 2)
     assert {r["path"] for r in results} == {"small", "dot", "tiled"}
 
 
-@pytest.mark.slow  # all 144 variants: ~2 minutes on 2 cores with an empty Triton cache
+@pytest.mark.slow  # every compiled variant: ~2 minutes on 2 cores with an empty Triton cache
 def test_no_kernel_variant_spills_or_exceeds_a_limit():
-    # 2 directions x 12 values of T x 3 dtypes x 2 targets
-    _check(expected=144)
+    from scripts.kernel_resources import T_VALUES
+
+    # 2 directions x one T per compiled kernel x 3 dtypes x 2 targets x aligned / unaligned
+    _check(expected=2 * len(T_VALUES) * 3 * 2 * 2)
 
 
 def test_the_check_sees_a_spilling_kernel():

@@ -41,22 +41,27 @@ def make(kind, T, k):
     return SlidingPSN(k=k, exp_init=False, step_mode="m")
 
 
-def both_paths(module, x, grad):
-    """(spikes, grad x, grad weight, grad bias, potential) from the fused path and from the torch path."""
+def both_paths(module, x, grad, autocast_dtype=None):
+    """(spikes, grad x, grad weight, grad bias) from the fused path and from the torch path; with `autocast_dtype`
+    the forward runs under autocast and the backward after it, as a training step runs them."""
+    import contextlib
+
     results = []
     for fused_path in (True, False):
         with kernels.enabled(fused_path):
             launched = kernels.LAUNCHES["backward"]
             xi = x.detach().clone().requires_grad_(True)
             module.zero_grad(set_to_none=True)
-            y = module(xi)
+            with torch.autocast(DEVICE, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
+                y = module(xi)
             y.backward(grad)
             assert (kernels.LAUNCHES["backward"] > launched) == fused_path  # each path ran where it should
             results.append((y.detach(), xi.grad, module.weight.grad.clone(), module.bias.grad.clone()))
     return results
 
 
-CASES = [("psn", 1, None), ("psn", 4, None), ("psn", 8, None), ("psn", 32, None), ("psn", 64, None),
+CASES = [("psn", 1, None), ("psn", 4, None), ("psn", 8, None), ("psn", 9, None), ("psn", 32, None), ("psn", 33, None),
+         ("psn", 64, None),
          ("psn", 100, None), ("masked", 4, 2), ("masked", 16, 3), ("masked", 32, 32), ("sliding", 4, 2),
          ("sliding", 12, 5), ("sliding", 64, 3), ("sliding", 200, 4)]
 
@@ -239,3 +244,41 @@ def test_forced_kernels_raise_instead(fused, monkeypatch):
     monkeypatch.setattr(kernels, "_FORCED", True)
     with pytest.raises(RuntimeError, match="ptxas failed"):
         module(torch.randn(4, 2, device=DEVICE))
+
+
+@pytest.mark.parametrize("amp", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind,T,k", [("psn", 4, None), ("masked", 12, 3), ("sliding", 40, 4)])
+def test_under_autocast_both_paths_form_the_potential_in_fp32(fused, kind, T, k, amp):
+    """The numerical contract under AMP: W x + b in fp32 from fp32 weights, on the fused and the torch path alike.
+
+    With W = I and b = -1 the potential is x - 1; inputs 1 - 1e-3 .. 1 + 1e-3 lie between half-precision
+    neighbours of 1, so a path that formed the potential in fp16 or bf16 (as torch.addmm does under autocast)
+    would round them onto 1 and fire where fp32 does not."""
+    torch.manual_seed(4)
+    module = make(kind, T, k).to(DEVICE)
+    with torch.no_grad():
+        if kind == "sliding":
+            module.weight.zero_()
+            module.weight[-1] = 1.0
+        else:
+            module.weight.copy_(torch.eye(T))
+        module.bias.fill_(-1.0)
+    near = 1 + torch.tensor([-1e-3, -3e-4, -1e-4, 1e-4, 3e-4, 1e-3], device=DEVICE)
+    x = near.repeat(T * 8)[: T * 24].view(T, 24)
+    grad = torch.randn_like(x)
+    (ys, gxs, gws, gbs), (yr, gxr, gwr, gbr) = both_paths(module, x, grad, amp)
+    exact = (x.double() - 1 >= 0).to(ys.dtype)
+    assert torch.equal(ys, exact) and torch.equal(yr, exact)
+    torch.testing.assert_close(gxs, gxr, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gws, gwr, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gbs, gbr, rtol=1e-4, atol=1e-4)
+
+    # Random weights and half-precision inputs (a convolution's output under autocast): the same spikes and
+    # gradients from both paths, in the input's dtype.
+    module = make(kind, T, k).to(DEVICE)
+    x = torch.randn(T, 3, 7, device=DEVICE).to(amp)
+    grad = torch.randn_like(x)
+    (ys, gxs, gws, gbs), (yr, gxr, gwr, gbr) = both_paths(module, x, grad, amp)
+    assert ys.dtype == yr.dtype == amp and torch.equal(ys, yr)
+    torch.testing.assert_close(gxs.float(), gxr.float(), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(gws, gwr, rtol=1e-3, atol=1e-3)

@@ -199,11 +199,18 @@ def test_half_precision_forward(kind, dtype):
     assert torch.equal(y.double()[clear], reference[clear])
 
 
-def test_autocast_forward_runs_in_low_precision():
+def test_autocast_keeps_the_potential_in_fp32_and_the_spikes_in_the_input_dtype():
+    """The AMP contract (common.neurons.potential_dtype): W x + b in fp32 whatever autocast says; spikes in the
+    dtype of the input (fp32 from a BatchNorm, bf16 from a convolution under autocast)."""
+    torch.manual_seed(0)
     psn = ours.PSN(T=4)
+    x = torch.randn(4, 1000)
+    exact = (psn.weight.detach().double() @ x.double() + psn.bias.detach().double() >= 0).float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = psn(torch.randn(4, 10))
-    assert y.dtype == torch.bfloat16
+        y = psn(x)
+        y_low = psn(x.to(torch.bfloat16))
+    assert y.dtype == torch.float32 and torch.equal(y, exact)
+    assert y_low.dtype == torch.bfloat16
 
 
 def test_misuse_gets_clear_errors():
