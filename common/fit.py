@@ -77,7 +77,7 @@ class Fit:
             for note in self.notes:
                 print(note, flush=True)
             where = f", step {state.step + 1}" if state.step else ""
-            print(f"run directory: {state.run_dir} (epoch {state.epoch + 1}{where} of {settings.epochs})", flush=True)
+            print(f"run directory: {state.run_dir} (epoch {state.epoch + 1} of {settings.epochs}{where})", flush=True)
             self._record_provenance()
             runlog.write_args(state.run_dir, settings.record(), state.resumed_from, self.task.name, self.made.record)
             self.writer = runlog.open_writer(state.run_dir, state.epoch)

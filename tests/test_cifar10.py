@@ -267,7 +267,7 @@ def test_signals_stop_cleanly_and_a_mid_epoch_checkpoint_resumes_bit_identically
     assert json.loads((run / "summary.json").read_text())["stopped"] == "SIGUSR1"
 
     code, out, err, again = _stop_at(again, signal.SIGINT, 2, 5)
-    assert f"(epoch 1, step {mid['step'] + 1} of 2)" in out  # continued where it stopped
+    assert f"(epoch 1 of 2, step {mid['step'] + 1})" in out  # continued where it stopped
     assert code == 130 and "Traceback" not in err and "SIGINT: stopped in epoch 2" in err, err
     assert torch.load(run / "checkpoint_latest.pth", weights_only=True)["epoch"] == 0  # epoch 1's, intact
 

@@ -190,5 +190,5 @@ def test_under_torchrun_a_stop_signal_stops_every_process_at_one_step_and_the_ru
     command = shlex.split(err.split("Resume with:\n", 1)[1].splitlines()[0])  # torchrun's own report follows
     assert command[:2] == ["torchrun", "--nproc_per_node=2"]
     resumed = run_script(SCRIPT, *command[3:], launcher=torchrun + ["--standalone", "--nproc_per_node=2"])
-    assert f"(epoch 1, step {mid['step'] + 1} of 2)" in resumed.stdout
+    assert f"(epoch 1 of 2, step {mid['step'] + 1})" in resumed.stdout
     assert last_json(resumed.stdout)["epochs_done"] == 2

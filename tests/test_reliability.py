@@ -93,7 +93,7 @@ def test_a_resume_racing_a_stopping_run_never_rewinds_it(tmp_path):
         else:
             assert b.returncode == 0, b_err
             begun = next(line for line in b_out.splitlines() if line.startswith("run directory:"))
-            assert f"(epoch {stopped[0] + 1}, step {stopped[1] + 1} of 3)" in begun, (begun, stopped)
+            assert f"(epoch {stopped[0] + 1} of 3, step {stopped[1] + 1})" in begun, (begun, stopped)
         latest = read_checkpoint(tmp_path / "r" / runlog.LATEST)
         assert latest.position >= stopped
 
