@@ -27,14 +27,27 @@ def _cache_dir() -> _Path:
     return _Path(torch.hub.get_dir()) / "checkpoints" / _ARTICLE_DIR
 
 
-def _released(key: str, model, settings: dict, overrides: dict, infer):
-    """`model` with the released weights of `key`, after checking `overrides` against what the file's tensors
-    say (`infer`: the task's Task.infer_settings)."""
+def _contradiction(key: str, name: str, value, released):
+    from common.errors import UserError
+
+    return UserError(f"{name}={value} contradicts the released {key} weights, which have {name}={released}; leave "
+                     f"{name} out, or use pretrained=False.")
+
+
+def _with_weights(key: str, model, pretrained: bool, overrides: dict, infer, released_classes: int):
+    """`model` as built, or with `pretrained` the released weights of `key` loaded into it, after checking
+    `overrides` against the released model (`infer`: the task's Task.infer_settings, which reads the file's
+    tensors)."""
+    if not pretrained:
+        return model
     from common.checkpoint import read_checkpoint
     from common.errors import UserError
     from common.weights import load_model_weights
     from scripts.download_checkpoints import fetch_model
 
+    classes = overrides.get("num_classes", released_classes)
+    if classes != released_classes:
+        raise _contradiction(key, "num_classes", classes, released_classes)
     path = fetch_model(key, _cache_dir(), _os.environ.get("PSN_FIGSHARE_API"))
     ckpt = read_checkpoint(path)
     told = infer(ckpt.state_dict) if infer is not None else {}
@@ -68,18 +81,7 @@ def cifar10_psn(pretrained: bool = False, **kwargs):
     _unknown("cifar10_psn", kwargs, ("channels", "T", "num_classes"))
     settings = {"channels": 256, "T": 4, "num_classes": 10, **kwargs}
     model = CIFAR10Net(settings["channels"], settings["T"], settings["num_classes"], "psn")
-    if not pretrained:
-        return model
-    if settings["num_classes"] != 10:
-        raise _contradiction("cifar10_psn", "num_classes", settings["num_classes"], 10)
-    return _released("cifar10_psn", model, settings, kwargs, infer_settings)
-
-
-def _contradiction(key: str, name: str, value, released):
-    from common.errors import UserError
-
-    return UserError(f"{name}={value} contradicts the released {key} weights, which have {name}={released}; leave "
-                     f"{name} out, or use pretrained=False.")
+    return _with_weights("cifar10_psn", model, pretrained, kwargs, infer_settings, 10)
 
 
 def _dvs(T: int):
@@ -92,11 +94,7 @@ def _dvs(T: int):
         _unknown(key, kwargs, ("order", "exp_init", "num_classes"))
         settings = {"order": 2, "exp_init": True, "num_classes": 10, **kwargs}
         model = VGGSlidingPSN(settings["num_classes"], settings["order"], settings["exp_init"])
-        if not pretrained:
-            return model
-        if settings["num_classes"] != 10:
-            raise _contradiction(key, "num_classes", settings["num_classes"], 10)
-        return _released(key, model, settings, kwargs, infer_settings)
+        return _with_weights(key, model, pretrained, kwargs, infer_settings, 10)
 
     entry.__name__ = entry.__qualname__ = key
     paper = {4: 82.30, 8: 85.30, 10: 85.90}[T]
@@ -120,11 +118,7 @@ def _sew(depth: int):
         _unknown(key, kwargs, ("T", "num_classes"))
         settings = {"T": 4, "num_classes": 1000, **kwargs}
         model = MODELS[f"sew_resnet{depth}"](T=settings["T"], num_classes=settings["num_classes"], neuron="psn")
-        if not pretrained:
-            return model
-        if settings["num_classes"] != 1000:
-            raise _contradiction(key, "num_classes", settings["num_classes"], 1000)
-        return _released(key, model, settings, kwargs, infer_settings)
+        return _with_weights(key, model, pretrained, kwargs, infer_settings, 1000)
 
     entry.__name__ = entry.__qualname__ = key
     paper = {18: "67.63 % top-1, 87.75 % top-5", 34: "70.54 % top-1, 89.68 % top-5"}[depth]

@@ -82,7 +82,6 @@ class Fit:
             runlog.write_args(state.run_dir, settings.record(), state.resumed_from, self.task.name, self.made.record)
             self.writer = runlog.open_writer(state.run_dir, state.epoch)
             runlog.truncate_metrics(state.run_dir, state.epoch)  # a resumed run rewrites the epochs it replays
-            self.first_epoch = state.epoch
         stop_at = settings.epochs if settings.stop_after is None else min(settings.epochs,
                                                                            state.epoch + settings.stop_after)
         extra = {}

@@ -7,6 +7,7 @@ stopping there). Continuing from any checkpoint older than the directory's lates
 a warning naming what is lost. Each epoch reseeds every generator from (seed, epoch), and a
 mid-epoch checkpoint carries the generators' states.
 """
+import json
 import os
 import random
 import shutil
@@ -20,9 +21,9 @@ import torch
 from . import distributed as D
 from . import runlog
 from .checkpoint import Checkpoint, read_checkpoint
-from .errors import UserError
 from .cli import INVOCATION, MODEL
-from .settings import Settings, adopt_inferred, adopt_recorded, check
+from .errors import UserError
+from .settings import LEGACY, Settings, adopt_inferred, adopt_recorded, check
 from .task import Task
 
 
@@ -118,7 +119,7 @@ def resolve(task: Task, cli: Settings, ckpt: Checkpoint | None, told: list | Non
         recorded = dict(ckpt.recorded_settings)
         if task.upgrade_recorded is not None:
             recorded = task.upgrade_recorded(recorded, ckpt.state_dict)
-        settings, taken = adopt_recorded(cli, {**runlog_legacy(task), **recorded}, str(ckpt.path))
+        settings, taken = adopt_recorded(cli, {**_legacy_settings(task), **recorded}, str(ckpt.path))
         told += [f"{k}={settings[k]}" for k in settings.flags if settings.flags[k].kind == MODEL and k in recorded]
         told[-1:] = [f"{told[-1]} (recorded in it)"] if told else []
     else:
@@ -157,8 +158,6 @@ def _settings_the_file_cannot_tell(task: Task, settings: Settings, ckpt: Checkpo
 
 def _manifest_settings(path: Path | None) -> dict:
     """The settings scripts/download_checkpoints.py recorded for a file in the manifest.json beside it."""
-    import json
-
     if path is None:
         return {}
     try:
@@ -171,9 +170,8 @@ def _manifest_settings(path: Path | None) -> dict:
     return settings if isinstance(settings, dict) else {}
 
 
-def runlog_legacy(task: Task) -> dict:
-    from .settings import LEGACY
-
+def _legacy_settings(task: Task) -> dict:
+    """The values our checkpoints from before a setting existed were trained with."""
     return {**LEGACY, **task.legacy_settings}
 
 
@@ -284,7 +282,7 @@ def _finished_run_of(task: Task, cli: Settings, run_dir: Path) -> Checkpoint | N
     if ckpt is None or ckpt.layout != "ours" or ckpt.task not in (None, task.name) or ckpt.step \
             or ckpt.position[0] < cli.epochs:
         return None
-    recorded = {**runlog_legacy(task), **ckpt.recorded_settings}
+    recorded = {**_legacy_settings(task), **ckpt.recorded_settings}
     same = all(recorded[k] == v for k, v in cli.items()
                if k in recorded and k in cli.flags and cli.flags[k].kind != INVOCATION)
     return ckpt if same else None

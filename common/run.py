@@ -14,9 +14,10 @@ import torch
 import torch.nn as nn
 
 from . import distributed as D
-from . import provenance
+from . import provenance, runlog
 from .context import Context, make_context
 from .data import DataBundle, make_loader
+from .engine import evaluate
 from .errors import UserError
 from .fit import Fit, Loaders, Made, finish, print_json
 from .lifecycle import Start, open_run, seed_epoch, starting_state
@@ -70,9 +71,7 @@ def run(task: Task, argv=None) -> dict:
 def _resume_hint(start: Start | None, env: D.DistEnv) -> str:
     if start is None or start.run_dir is None or not env.is_main:
         return ""
-    from .runlog import resumable_checkpoint
-
-    found = resumable_checkpoint(start.run_dir)
+    found = runlog.resumable_checkpoint(start.run_dir)
     return f" Resume with: {resume_command(found)}" if found is not None else ""
 
 
@@ -173,7 +172,8 @@ def _test_only(task: Task, ctx: Context, model: nn.Module, test_loader, num_clas
         print(f"test set: {len(test_loader.dataset)} samples, the model scores {num_classes} classes", flush=True)
     if task.check_loaded is not None:
         task.check_loaded(model, settings)
-    metrics = evaluate_model(task, ctx, model, test_loader, num_classes, with_spike_stats=settings.spike_stats)
+    metrics = evaluate(model, test_loader, task.test_loss(settings), task.scores, ctx, Progress(ctx.env, 0),
+                       num_classes, with_spike_stats=settings.spike_stats)
     record = {"test_acc1": metrics["acc1"], "test_loss": metrics["loss"], "samples": metrics["samples"]}
     if "acc5" in metrics:
         record["test_acc5"] = metrics["acc5"]
@@ -185,12 +185,4 @@ def _test_only(task: Task, ctx: Context, model: nn.Module, test_loader, num_clas
     if ctx.is_main:
         print_json(record)
     return record
-
-
-def evaluate_model(task: Task, ctx: Context, model: nn.Module, loader, num_classes: int,
-                   with_spike_stats: bool = False) -> dict:
-    from .engine import evaluate
-
-    return evaluate(model, loader, task.test_loss(ctx.settings), task.scores, ctx, Progress(ctx.env, 0),
-                    num_classes, with_spike_stats)
 

@@ -146,6 +146,15 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def holder_is_gone(holder: str) -> bool:
+    """Whether a lock's 'host pid' names a process of this host that no longer runs (another host's
+    processes cannot be asked: they count as alive)."""
+    import socket
+
+    host, _, pid = holder.partition(" ")
+    return host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid))
+
+
 class RunLock:
     """One run per directory: a lock file created exclusively (host and PID inside), removed at exit.
 
@@ -172,7 +181,7 @@ class RunLock:
             except FileExistsError:
                 holder = self._holder()
                 host, _, pid = holder.partition(" ")
-                if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
+                if holder_is_gone(holder):
                     print(f"warning: {self.path} was left by process {pid}, which is gone; taking it over.",
                           file=sys.stderr, flush=True)
                     self.path.unlink(missing_ok=True)

@@ -286,15 +286,25 @@ def fetch_model(key: str, dest: Path, api: str | None = None, timeout: float = 6
     api = _check_url(api or default_api(), "The figshare API address")
     entry = find_model(list_files(api, ARTICLE, timeout), key)
     _prepare_dest(dest)
-    for attempt in range(retries + 1):
-        try:
-            download(entry, dest, timeout, quiet)
-            break
-        except TransferCut:
-            if attempt == retries:
-                raise
-    record_in_manifest(dest, entry)
+    fetch(entry, dest, timeout, quiet, retries)
     return dest / entry["name"]
+
+
+def fetch(entry: dict, dest: Path, timeout: float, quiet: bool, retries: int, deadline: float = 24 * 3600.0,
+          on_cut=lambda error: None) -> str:
+    """`download`, a cut transfer resumed at once up to `retries` times (`on_cut` told of each), and the
+    verified file recorded in the manifest. Returns 'skipped' or 'downloaded'; raises DownloadError."""
+    def once() -> str:
+        outcome = download(entry, dest, timeout, quiet, deadline)
+        record_in_manifest(dest, entry)
+        return outcome
+
+    for _ in range(retries):
+        try:
+            return once()
+        except TransferCut as e:
+            on_cut(e)
+    return once()
 
 
 def default_api() -> str:
@@ -449,22 +459,13 @@ def main(argv=None) -> int:
         return 2
     failures = 0
     for entry in files:
-        for attempt in range(args.retries + 1):
-            try:
-                outcome = download(entry, dest, args.timeout, quiet, args.deadline)
-                record_in_manifest(dest, entry)
-                print(f"{outcome}: {dest / entry['name']}", flush=True)
-                break
-            except TransferCut as e:
-                if attempt < args.retries:
-                    print(f"{e} Resuming.", file=sys.stderr, flush=True)
-                    continue
-                failures += 1
-                print(f"error: {e}", file=sys.stderr, flush=True)
-            except DownloadError as e:
-                failures += 1
-                print(f"error: {e}", file=sys.stderr, flush=True)
-                break
+        try:
+            outcome = fetch(entry, dest, args.timeout, quiet, args.retries, args.deadline,
+                            on_cut=lambda e: print(f"{e} Resuming.", file=sys.stderr, flush=True))
+            print(f"{outcome}: {dest / entry['name']}", flush=True)
+        except DownloadError as e:
+            failures += 1
+            print(f"error: {e}", file=sys.stderr, flush=True)
     return 2 if failures else 0
 
 

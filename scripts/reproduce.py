@@ -16,14 +16,14 @@ import argparse
 import json
 import os
 import shlex
-import socket
 import stat
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.experiments import RegistryError, Row, load, select  # noqa: E402
+from common import runlog  # noqa: E402
+from scripts.experiments import TASKS, RegistryError, Row, load, select  # noqa: E402
 
 MAX_FILE = 1 << 20  # metrics.jsonl and summary.json of a run: far below a MiB
 
@@ -83,7 +83,7 @@ def _read_small(path: Path) -> str | None:
 
 def _metrics(run_dir: Path) -> list[dict]:
     records = []
-    for line in (_read_small(run_dir / "metrics.jsonl") or "").splitlines():
+    for line in (_read_small(run_dir / runlog.METRICS) or "").splitlines():
         try:
             record = json.loads(line)
         except (ValueError, RecursionError):
@@ -95,18 +95,8 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 def _lock_holder(run_dir: Path) -> str | None:
     """'host pid' of a live run holding the directory; None when no run holds it (or its process is gone)."""
-    text = _read_small(run_dir / ".run.lock")
-    if not text:
-        return None
-    host, _, pid = text.strip().partition(" ")
-    if host == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-    return f"{host} {pid}"
+    holder = (_read_small(run_dir / runlog.LOCK) or "").strip()
+    return holder if holder and not runlog.holder_is_gone(holder) else None
 
 
 def row_status(row: Row, runs: Path) -> dict:
@@ -122,7 +112,7 @@ def row_status(row: Row, runs: Path) -> dict:
         times = [m["train/epoch_time_s"] for m in metrics if isinstance(m.get("train/epoch_time_s"), (int, float))]
         eta = (sum(times) / len(times)) * (row.epochs - done) if times else None
         status.update(state="running", where=holder, eta_s=eta)
-    elif not run_dir.is_dir() or not any(run_dir.glob("checkpoint_*.pth")):
+    elif not run_dir.is_dir() or not runlog.checkpoints_in(run_dir):
         status.update(state="not started" if not metrics else "stopped")
     elif done >= row.epochs:
         status.update(state="finished")
@@ -167,7 +157,7 @@ def main(argv=None) -> int:
     slurm.add_argument("--time", default="24:00:00", help="time limit of each job; a chain of jobs continues the run")
     slurm.add_argument("--partition", default=None)
     table = sub.add_parser("table", help="a task's rows as the Markdown table its README holds")
-    table.add_argument("task", choices=sorted({r for r in ("cifar10", "sequential_cifar", "cifar10dvs", "imagenet")}))
+    table.add_argument("task", choices=TASKS)
     status = sub.add_parser("status", help="where each row's run stands, beside the paper",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     status.add_argument("runs_dir")

@@ -1,5 +1,4 @@
 """scripts/download_checkpoints.py against a local figshare stand-in on 127.0.0.1."""
-import hashlib
 import json
 
 import pytest

@@ -4,7 +4,6 @@ built from the released models' manifests, a local figshare); by default one of 
 all of them. A command whose script has no rule here fails the suite: add its rule."""
 import argparse
 import importlib
-import io
 import re
 import shlex
 import subprocess

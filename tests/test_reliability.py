@@ -23,7 +23,7 @@ from common.errors import UserError
 from common.lifecycle import open_run
 from common.distributed import DistEnv
 from common.run import run
-from conftest import QUICK, ROOT, last_json, run_script, script_env
+from conftest import QUICK, ROOT, run_script, script_env
 
 SCRIPT = "cifar10/train.py"
 FAST = [*QUICK, "-b", "700"]  # two steps an epoch on digits: a resume reaches the optimizer in seconds
