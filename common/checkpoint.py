@@ -1,20 +1,19 @@
 """Checkpoints on disk: the format written and read in one place, atomic saves, safe loads.
 
-`read_checkpoint` loads a file with `weights_only=True` (an explicit allow-list, never
-arbitrary pickles: released files come from the internet), names its layout, and checks
-every field for its type and range before anything uses it; `Checkpoint.to_dict` is the
-one place our own layout is written. `common.weights` maps a checkpoint's state dict onto
-a model.
+A `Checkpoint` is a run's state (`common.run_state.RunState`: position, running sums,
+accuracies, settings, generators, provenance) plus the weights, the optimizer, the AMP scaler
+and the EMA, with the file's path and layout. `read_checkpoint` loads a file with
+`weights_only=True` (an explicit allow-list, never arbitrary pickles: released files come from
+the internet), names its layout, and checks every field for its type and range before anything
+uses it; `Checkpoint.to_dict` is the one place our own layout is written. `common.weights` maps a
+checkpoint's state dict onto a model.
 
 Layouts:
-- `ours`: {'format': FORMAT, 'task', 'model', 'optimizer', 'scaler', 'model_ema',
-  'epoch' (last finished, 0-based; -1 before the first), 'step' (batches of the next
-  epoch already trained: a mid-epoch checkpoint when > 0), 'epoch_sums' (that epoch's
-  running loss * n, correct, samples, seconds), 'step_samples', 'best_acc1' (percent),
-  'args' (every setting), 'model_settings' (those that define the network), 'task_state'
-  (with 'last_acc1'), 'rng' (torch, cuda, python, numpy), 'provenance' (one record per
-  segment of the run: code, libraries, machine), 'digest' (SHA-256 of everything else).
-  Files written before 'task', 'model_settings', 'provenance' and 'digest' existed load too.
+- `ours`: {'format': FORMAT, 'model', 'optimizer', 'scaler', 'model_ema', the run state's
+  fields under their keys ('task', 'epoch' (the last finished, -1 before the first), 'step',
+  'epoch_sums', 'step_samples', 'best_acc1', 'args', 'model_settings', 'task_state', 'rng',
+  'provenance': see common.run_state), 'digest' (SHA-256 of everything else)}. Files written
+  before 'task', 'model_settings', 'provenance' and 'digest' existed load too.
 - `net` (original cifar10 / sequential_cifar scripts): {'net', 'optimizer',
   'lr_scheduler', 'epoch', 'max_test_acc' (a fraction)}
 - `model_dvs` (original CIFAR10-DVS script): {'model', 'optimizer', 'scheduler',
@@ -35,8 +34,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_checks import field_problems, is_state_dict
+from .checkpoint_checks import field_problems, is_state_dict, show
 from .errors import UserError
+from .run_state import RunState
 
 FORMAT = "psn-repro/1"
 # What a checkpoint may contain beyond tensors and containers of primitives: the
@@ -46,77 +46,60 @@ SAFE_GLOBALS = [argparse.Namespace]
 
 @dataclass
 class Checkpoint:
-    """A checkpoint, whatever its layout, in this project's terms."""
+    """A checkpoint, whatever its layout, in this project's terms: a run's state (`common.run_state`) plus the
+    weights, the optimizer, the AMP scaler and the EMA, with the file's path and layout."""
 
     path: Path | None
     layout: str
     state_dict: dict
+    state: RunState = field(default_factory=RunState)
     optimizer: dict | None = None
     scaler: dict | None = None
-    epoch: int | None = None  # last finished epoch, 0-based (-1: none yet)
-    best_acc1: float | None = None  # percent
-    args: dict = field(default_factory=dict)
-    task_state: dict = field(default_factory=dict)
-    rng: dict | None = None
     model_ema: dict | None = None  # --model-ema's averaged weights
-    step: int = 0  # batches of epoch + 1 already trained: > 0 in a mid-epoch checkpoint
-    epoch_sums: list | None = None  # that epoch's running [loss * n, correct, samples, seconds]
-    step_samples: int | None = None  # samples per step (batch size times processes) of the run that wrote it
-    task: str | None = None  # the task that wrote it (ours, since 'task' exists)
-    model_settings: dict = field(default_factory=dict)
-    provenance: list = field(default_factory=list)  # one record per segment of the run
-
-    @property
-    def position(self) -> tuple[int, int]:
-        """(the next epoch to train, its batches already trained): what a resume continues from."""
-        return (0 if self.epoch is None else self.epoch + 1, self.step)
-
-    @property
-    def last_acc1(self) -> float | None:
-        return self.task_state.get("last_acc1") if isinstance(self.task_state, dict) else None
-
-    @property
-    def recorded_settings(self) -> dict:
-        """The settings the run was made with (model settings included)."""
-        return {**self.args, **self.model_settings}
-
-    def where(self) -> str:
-        epoch, step = self.position
-        return f"epoch {epoch + 1}, step {step}" if step else f"end of epoch {epoch}"
+    epoch_known: bool = True  # another program's file may not say its epoch
 
     def to_dict(self) -> dict:
         """Our layout, as saved; the digest covers every other field."""
-        record = {"format": FORMAT, "task": self.task, "model": self.state_dict, "optimizer": self.optimizer,
-                  "scaler": self.scaler, "model_ema": self.model_ema, "epoch": self.epoch, "step": self.step,
-                  "epoch_sums": self.epoch_sums, "step_samples": self.step_samples, "best_acc1": self.best_acc1,
-                  "args": self.args, "model_settings": self.model_settings, "task_state": self.task_state,
-                  "rng": self.rng, "provenance": self.provenance}
+        record = {"format": FORMAT, "model": self.state_dict, "optimizer": self.optimizer, "scaler": self.scaler,
+                  "model_ema": self.model_ema, **self.state.to_record()}
         record["digest"] = content_digest(record)
         return record
 
     @classmethod
-    def from_dict(cls, path: Path | None, raw) -> "Checkpoint":
-        """Name the layout of a loaded object and take its fields (not yet checked: see read_checkpoint)."""
+    def from_dict(cls, path: Path | None, raw) -> tuple["Checkpoint", list[str]]:
+        """Name the layout of a loaded object and take its fields; returns the checkpoint and what is wrong with
+        its run state (its weights and optimizer are checked by read_checkpoint)."""
         if isinstance(raw, dict) and raw.get("format") == FORMAT:
-            return cls(path, "ours", raw.get("model"), raw.get("optimizer"), raw.get("scaler"), raw.get("epoch"),
-                       raw.get("best_acc1"), raw.get("args", {}), raw.get("task_state", {}), raw.get("rng"),
-                       raw.get("model_ema"), raw.get("step", 0), raw.get("epoch_sums"), raw.get("step_samples"),
-                       raw.get("task"), raw.get("model_settings", {}), raw.get("provenance", []))
+            state, problems = RunState.from_record(raw)
+            return cls(path, "ours", raw.get("model"), state, raw.get("optimizer"), raw.get("scaler"),
+                       raw.get("model_ema")), problems
         if isinstance(raw, dict) and "net" in raw and is_state_dict(raw["net"]):
-            return cls(path, "net", raw["net"], raw.get("optimizer"), epoch=_scalar(raw.get("epoch")),
-                       best_acc1=_percent(_scalar(raw.get("max_test_acc"))))
+            return cls._other(path, "net", raw["net"], raw.get("optimizer"), _scalar(raw.get("epoch")),
+                              _percent(_scalar(raw.get("max_test_acc"))))
         if isinstance(raw, dict) and "model" in raw and is_state_dict(raw["model"]):
             if "args" in raw or "max_test_acc1" in raw:
                 args = raw.get("args")
-                return cls(path, "model_imagenet", raw["model"], raw.get("optimizer"),
-                           epoch=_scalar(raw.get("epoch")), best_acc1=_scalar(raw.get("max_test_acc1")),
-                           args=vars(args) if isinstance(args, argparse.Namespace) else args or {})
-            return cls(path, "model_dvs", raw["model"], raw.get("optimizer"), epoch=_scalar(raw.get("epoch")),
-                       best_acc1=_scalar(raw.get("best_acc")))
+                return cls._other(path, "model_imagenet", raw["model"], raw.get("optimizer"), _scalar(raw.get("epoch")),
+                                  _scalar(raw.get("max_test_acc1")),
+                                  vars(args) if isinstance(args, argparse.Namespace) else args or {})
+            return cls._other(path, "model_dvs", raw["model"], raw.get("optimizer"), _scalar(raw.get("epoch")),
+                              _scalar(raw.get("best_acc")))
         if is_state_dict(raw):
-            return cls(path, "state_dict", raw)
+            return cls(path, "state_dict", raw, epoch_known=False), []
         keys = list(raw)[:8] if isinstance(raw, dict) else type(raw).__name__
         raise UserError(f"Checkpoint {path} has no layout this project knows (top-level keys: {keys}).")
+
+    @classmethod
+    def _other(cls, path, layout: str, state_dict, optimizer, epoch, best_acc1, args=None):
+        """Another program's file: what it tells of its run, in the run state's terms and checks."""
+        told = {"epoch": epoch, "best_acc1": best_acc1}
+        state, problems = RunState.from_record({k: v for k, v in told.items() if v is not None}, complete=False)
+        if args is not None:  # its own flags, kept as they are (read, never adopted as settings)
+            if isinstance(args, dict) and all(isinstance(k, str) for k in args):
+                state.settings = args
+            else:
+                problems.append(f"args must be a dict of settings (found {show(args)})")
+        return cls(path, layout, state_dict, state, optimizer, epoch_known=epoch is not None), problems
 
 
 def _scalar(value):
@@ -231,8 +214,8 @@ def read_checkpoint(path) -> Checkpoint:
         if not isinstance(raw["digest"], str) or content_digest(raw) != raw["digest"]:
             raise UserError(f"Checkpoint {path} is corrupted: its contents no longer match the digest recorded when "
                             "it was saved (a byte changed on disk or in transfer); use another copy.")
-    ckpt = Checkpoint.from_dict(path, raw)
-    problems = field_problems(ckpt)
+    ckpt, problems = Checkpoint.from_dict(path, raw)
+    problems = field_problems(ckpt) + problems
     if problems:
         raise UserError(f"Checkpoint {path} is damaged or not what it claims to be: {'; '.join(problems)}.")
     return ckpt

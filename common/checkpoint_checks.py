@@ -60,53 +60,23 @@ def show(value) -> str:
 
 
 def field_problems(ckpt) -> list[str]:
-    """What is wrong with a checkpoint's fields, each as a short clause; nothing is trusted for its type."""
+    """What is wrong with a checkpoint's weights, optimizer, AMP scaler and EMA, each as a short clause;
+    nothing is trusted for its type. (Its run state's fields are checked as they are read:
+    `common.run_state`.)"""
     problems = []
 
     def check(ok: bool, what: str, value) -> None:
         if not ok:
             problems.append(f"{what} (found {show(value)})")
 
-    def accuracy(value) -> bool:
-        return value is None or is_number(value) and 0 <= value <= 100
-
-    ours = ckpt.layout == "ours"
     model_ok = is_state_dict(ckpt.state_dict)
     check(model_ok, "its model must be a state dict (names to tensors)", ckpt.state_dict)
     if model_ok:
         bad = tensors_problem(ckpt.state_dict, "model tensor")
         if bad:
             problems.append(bad)
-    check(ckpt.epoch is None and not ours or is_int(ckpt.epoch) and -1 <= ckpt.epoch < MAX_EPOCH,
-          f"epoch must be an integer from -1 to {MAX_EPOCH - 1}", ckpt.epoch)
-    check(accuracy(ckpt.best_acc1), "the best accuracy must be a percentage", ckpt.best_acc1)
-    check(isinstance(ckpt.args, dict) and all(isinstance(k, str) for k in ckpt.args), "args must be a dict of "
-          "settings", ckpt.args)
-    if not ours:
+    if ckpt.layout != "ours":
         return problems  # another program's optimizer state is tried, and dropped with a warning if it does not fit
-    check(is_int(ckpt.step) and 0 <= ckpt.step < MAX_STEP, "step must be a non-negative integer", ckpt.step)
-    sums = ckpt.epoch_sums
-    check(sums is None and not ckpt.step or isinstance(sums, (list, tuple)) and len(sums) == 4
-          and all(is_number(x) and 0 <= x <= 1e18 for x in sums), "epoch_sums must be 4 non-negative numbers "
-          "(and are needed mid-epoch)", sums)
-    check(ckpt.step_samples is None and not ckpt.step or is_int(ckpt.step_samples)
-          and 0 < ckpt.step_samples <= MAX_SAMPLES, "step_samples must be a positive integer (and is needed "
-          "mid-epoch)", ckpt.step_samples)
-    check(isinstance(ckpt.task_state, dict) and all(isinstance(k, str) and (v is None or is_number(v))
-                                                    for k, v in ckpt.task_state.items()),
-          "task_state must map names to numbers", ckpt.task_state)
-    if isinstance(ckpt.task_state, dict):
-        check(accuracy(ckpt.task_state.get("last_acc1")), "the last accuracy must be a percentage",
-              ckpt.task_state.get("last_acc1"))
-    check(isinstance(ckpt.args, dict) and all(isinstance(v, (bool, int, float, str, type(None)))
-                                              for v in ckpt.args.values()), "args must hold plain values", ckpt.args)
-    check(isinstance(ckpt.model_settings, dict) and all(isinstance(k, str) and isinstance(v, (bool, int, float, str,
-                                                        type(None))) for k, v in ckpt.model_settings.items()),
-          "model_settings must map names to plain values", ckpt.model_settings)
-    check(ckpt.task is None or isinstance(ckpt.task, str) and 0 < len(ckpt.task) <= 100, "task must be a name",
-          ckpt.task)
-    check(isinstance(ckpt.provenance, list) and all(isinstance(r, dict) for r in ckpt.provenance),
-          "provenance must be a list of records", ckpt.provenance)
     optimizer = _optimizer_problem(ckpt.optimizer)
     if optimizer:
         problems.append(optimizer)
@@ -119,7 +89,6 @@ def field_problems(ckpt) -> list[str]:
         bad = tensors_problem(ckpt.model_ema, "model_ema tensor")
         if bad:
             problems.append(bad)
-    check(ckpt.rng is None or _rng_ok(ckpt.rng), "rng must hold generator states", ckpt.rng)
     return problems
 
 
@@ -160,7 +129,8 @@ def _optimizer_problem(optimizer) -> str | None:
     return None
 
 
-def _rng_ok(rng) -> bool:
+def rng_ok(rng) -> bool:
+    """Whether `rng` holds generator states this program can restore (torch, CUDA, Python, NumPy)."""
     if not isinstance(rng, dict) or set(rng) - {"torch", "cuda", "python", "numpy"}:
         return False
     for key in ("torch", "cuda"):

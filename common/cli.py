@@ -15,6 +15,7 @@ taken unless the command line gives one), INVOCATION settings belong to this one
 import argparse
 import math
 import os
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -44,13 +45,68 @@ POSITIVE_INT = Bounds(1, 10**6)  # epochs, steps, sizes: a million is far past a
 POSITIVE_RATE = Bounds(0, 100, low_open=True)  # learning rates: above 100 nothing trains
 
 
+# The argparse actions whose values a checkpoint records and a resume restores exactly: one value, a
+# switch, a count, or a list of values (nargs). `append` and custom actions are refused where they are
+# declared (a custom action that stores nothing says so with `stores_nothing = True`).
+_RECORDABLE_ACTIONS = (argparse._StoreAction, argparse._StoreTrueAction, argparse._StoreFalseAction,
+                       argparse.BooleanOptionalAction, argparse._StoreConstAction, argparse._CountAction)
+VALUE_TYPES = (bool, int, float, str)
+
+
+def value_type(action: argparse.Action) -> type:
+    """The type of a flag's values: bool for switches, else what its `type=` gives (str without one; a function
+    says it by its return annotation, as `neuron_name(name: str) -> str` does)."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+        return bool
+    if isinstance(action, argparse._CountAction):
+        return int
+    if isinstance(action, argparse._StoreConstAction):
+        return type(action.const) if isinstance(action.const, VALUE_TYPES) else object
+    if action.type is None or action.type in VALUE_TYPES:
+        return action.type or str
+    try:
+        returns = typing.get_type_hints(action.type).get("return")
+    except (TypeError, NameError):
+        returns = None
+    return returns if returns in VALUE_TYPES else object
+
+
+def unrecordable(action: argparse.Action) -> str | None:
+    """Why a flag's values could not be recorded in a checkpoint and restored exactly on --resume, or None."""
+    if isinstance(action, (argparse._HelpAction, argparse._VersionAction)) or (
+            getattr(action, "stores_nothing", False) and action.default is argparse.SUPPRESS):
+        return None
+    if not isinstance(action, _RECORDABLE_ACTIONS):
+        return (f"its action ({type(action).__name__}) is not one whose values can be recorded (store, store_true, "
+                "store_false, BooleanOptionalAction, store_const, count); for several values use nargs='+'")
+    if isinstance(action, argparse._StoreAction) and (action.nargs in (argparse.REMAINDER, argparse.PARSER) or (
+            isinstance(action.nargs, int) and action.nargs < 1)):
+        return f"nargs={action.nargs!r} cannot be recorded (use None, '?', '+', '*' or a count)"
+    if value_type(action) is object:
+        return ("its type= must be int, float or str, or a function annotated to return one of them (so that its "
+                "value is recorded and restored as it was)")
+    return None
+
+
+def takes_many(action: argparse.Action) -> bool:
+    """Whether the flag holds a list of values (kept as a tuple in the settings, as a list in a checkpoint)."""
+    return isinstance(action, argparse._StoreAction) and (action.nargs in ("+", "*") or isinstance(action.nargs, int))
+
+
 class _DeclaresKinds:
-    """`add_argument(..., kind=RECIPE, bounds=None)`: the kind and range travel on the argparse action."""
+    """`add_argument(..., kind=RECIPE, bounds=None)`: the kind and range travel on the argparse action. A flag
+    whose values a checkpoint could not record and restore exactly is refused here, with the reason."""
 
     def add_argument(self, *names, kind: str = RECIPE, bounds: Bounds | None = None, **kwargs):
         if kind not in (MODEL, RECIPE, INVOCATION):
             raise ValueError(f"kind must be MODEL, RECIPE or INVOCATION, not {kind!r}")
         action = super().add_argument(*names, **kwargs)
+        problem = unrecordable(action)
+        if problem is not None:
+            self._remove_action(action)
+            for option in action.option_strings:
+                self._option_string_actions.pop(option, None)
+            raise ValueError(f"flag {'/'.join(action.option_strings) or action.dest}: {problem}.")
         action.kind, action.bounds = kind, bounds
         return action
 
@@ -205,6 +261,8 @@ def add_neuron_flags(p: argparse.ArgumentParser, default: str = "psn", order: in
 
 
 class _Ignored(argparse.Action):
+    stores_nothing = True
+
     def __call__(self, parser, namespace, values, option_string=None):
         pass
 

@@ -2,7 +2,7 @@
 
 Metrics are exact: each process keeps float64 sums (loss * n, hits, samples) that are added over
 processes once, so the numbers do not depend on the batch size or the number of GPUs.
-`common.run` drives these two functions epoch by epoch.
+`common.fit` drives them epoch by epoch; `common.run` calls `evaluate` alone for --test-only.
 """
 import contextlib
 import math
@@ -20,6 +20,7 @@ from . import spike_stats
 from .context import Context
 from .errors import UserError
 from .progress import Progress
+from .run_state import EpochSums
 from .training import Training
 
 # Under DDP, the processes check for a stop request together every this many steps (one small
@@ -29,23 +30,6 @@ STOP_CHECK_STEPS = 10
 
 class TrainingDiverged(UserError):
     pass
-
-
-@dataclass(frozen=True)
-class EpochSums:
-    """An epoch's running training sums over every process: what a mid-epoch checkpoint keeps."""
-
-    loss_n: float = 0.0  # sum of loss * batch size
-    correct: float = 0.0
-    samples: float = 0.0
-    seconds: float = 0.0
-
-    def as_list(self) -> list[float]:
-        return [self.loss_n, self.correct, self.samples, self.seconds]
-
-    @classmethod
-    def from_list(cls, values) -> "EpochSums":
-        return cls(*(float(v) for v in values))
 
 
 @dataclass(frozen=True)

@@ -1,36 +1,32 @@
 """Fit: the epochs of one invocation, each trained, evaluated, logged and saved; clean stops.
 
 `Fit` owns what a run writes while it trains: the TensorBoard writer, metrics.jsonl, the
-checkpoints (the best first, then the latest; a kill between the two loses neither), the
-summary, and the message a stopped run ends with (what is saved, and the command that resumes).
+checkpoints (the run state with the training objects; the best first, then the latest: a kill
+between the two loses neither), and the message a stopped run ends with (what is saved, and the
+command that resumes). What the run says at its start and end is `common.report`'s.
 """
 import signal
-import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from . import distributed as D
-from . import neuron_registry, provenance, runlog, spike_stats
+from . import neuron_registry, runlog, spike_stats
 from .checkpoint import Checkpoint, save_checkpoint
 from .context import Context
-from .engine import EpochResult, EpochSums, evaluate, sync_point, train_one_epoch
+from .engine import EpochResult, evaluate, sync_point, train_one_epoch
 from .errors import UserError, one_sentence
-from .lifecycle import RunState, rng_state, seed_epoch, set_rng_state
 from .progress import Progress
+from .report import Report, summary
+from .rng import rng_state, seed_epoch, set_rng_state
+from .run_dir import resumable_checkpoint
+from .run_state import RunState
 from .runlog import strict_json
 from .stops import RunStopped, resume_command, signal_name
 from .task import Task
 from .training import Training
-
-
-@dataclass(frozen=True)
-class Made:
-    """What made this invocation (rank 0): its provenance record and, with a modified tree, the diff."""
-
-    record: dict | None = None
-    diff: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,46 +38,27 @@ class Loaders:
     step_samples: int  # samples per optimizer step over all processes
 
 
-def print_json(record: dict) -> None:
-    print(strict_json(record), flush=True)
-
-
-def finish(state: RunState, ctx: Context, note: str | None = None, extra: dict | None = None) -> dict:
-    """The run's summary: printed as the last line (rank 0) and kept as summary.json."""
-    summary = {**state.summary, **(extra or {})}
-    if ctx.is_main:
-        if note:
-            print(note, flush=True)
-        print_json(summary)
-        runlog.write_summary(state.run_dir, strict_json(summary))
-    return summary
-
-
 class Fit:
     def __init__(self, task: Task, ctx: Context, training: Training, state: RunState, loaders: Loaders,
-                 notes: list[str], made: Made):
+                 run_dir: Path, resumed_from: str | None, report: Report):
         self.task, self.ctx, self.t, self.state, self.loaders = task, ctx, training, state, loaders
-        self.made = made
+        self.run_dir, self.resumed_from, self.report = run_dir, resumed_from, report
         settings = ctx.settings
         self.train_loss, self.test_loss = task.train_loss(settings), task.test_loss(settings)
         self.progress = Progress(ctx.env, settings.epochs)
         self.writer = None
-        self.notes = notes
         self.first_epoch = state.epoch  # the first this invocation trains: its progress lines start at once
 
     # --- the loop --------------------------------------------------------------------------------
 
     def run(self) -> dict:
         settings, state, ctx = self.ctx.settings, self.state, self.ctx
+        where = f", step {state.step + 1}" if state.step else ""
+        self.report.opening(f"run directory: {self.run_dir} (epoch {state.epoch + 1} of {settings.epochs}{where})")
+        self.report.record_start(state, self.run_dir, self.resumed_from)
         if ctx.is_main:
-            for note in self.notes:
-                print(note, flush=True)
-            where = f", step {state.step + 1}" if state.step else ""
-            print(f"run directory: {state.run_dir} (epoch {state.epoch + 1} of {settings.epochs}{where})", flush=True)
-            self._record_provenance()
-            runlog.write_args(state.run_dir, settings.record(), state.resumed_from, self.task.name, self.made.record)
-            self.writer = runlog.open_writer(state.run_dir, state.epoch)
-            runlog.truncate_metrics(state.run_dir, state.epoch)  # a resumed run rewrites the epochs it replays
+            self.writer = runlog.open_writer(self.run_dir, state.epoch)
+            runlog.truncate_metrics(self.run_dir, state.epoch)  # a resumed run rewrites the epochs it replays
         stop_at = settings.epochs if settings.stop_after is None else min(settings.epochs,
                                                                            state.epoch + settings.stop_after)
         extra = {}
@@ -95,7 +72,7 @@ class Fit:
         except KeyboardInterrupt:  # Ctrl-C: at once, with the checkpoints already written
             raise self.stopped(signal.SIGINT, "") from None
         except UserError as e:  # bad data met mid-run (an unreadable image, say): say how to go on
-            found = runlog.resumable_checkpoint(state.run_dir)
+            found = resumable_checkpoint(self.run_dir)
             how = (f"its last checkpoint is intact: fix the cause, then continue with --resume {found}"
                    if found is not None else "no epoch had finished, so there is no checkpoint yet")
             raise type(e)(f"{one_sentence(e)} The run stopped in epoch {state.epoch + 1}; {how}.") from None
@@ -103,7 +80,7 @@ class Fit:
             ctx.stops.deferred = False
             if self.writer is not None:
                 self.writer.close()
-        return finish(state, ctx, extra=extra)
+        return self.report.closing({**summary(state, self.run_dir), **extra}, self.run_dir)
 
     def epoch(self) -> dict:
         """Train, evaluate, log and save epoch `state.epoch`; returns the summary's extra fields."""
@@ -116,14 +93,13 @@ class Fit:
         lr = t.lr
         start_step, resumed = 0, None
         if state.step:  # a mid-epoch checkpoint: its generators' states, and on past the batches it trained
-            set_rng_state(state.rng, ctx.device, state.resumed_from)
+            set_rng_state(state.rng, ctx.device, self.resumed_from)
             loaders.train.sampler.skip(state.step * loaders.step_samples // ctx.env.world_size)
-            start_step = state.step
-            resumed = EpochSums.from_list(state.epoch_sums) if state.epoch_sums is not None else None
+            start_step, resumed = state.step, state.epoch_sums
         train = train_one_epoch(t, loaders.train, self.train_loss, self.task.scores, ctx, self.progress, epoch,
                                 loaders.batch_transform, resumed, start_step, early_lines=epoch == self.first_epoch)
         if train.stopped_at is not None:
-            state.step, state.epoch_sums = train.stopped_at, train.sums.as_list()
+            state.step, state.epoch_sums = train.stopped_at, train.sums
             if ctx.is_main:
                 self.save(best=False)
             D.barrier(ctx.env)
@@ -145,19 +121,6 @@ class Fit:
             self.progress.epoch(epoch, train, test, state.best_acc1)
         D.barrier(ctx.env)
         return {} if ema_test is None else {"last_test_ema_acc1": ema_test["acc1"]}
-
-    def _record_provenance(self) -> None:
-        """This segment's record joins the run's; its diff is kept; a change of code or libraries is said."""
-        state, made = self.state, self.made
-        if state.provenance:
-            changed = provenance.changes(state.provenance[-1], made.record)
-            if changed:
-                print(f"warning: resuming {state.resumed_from} with other code or libraries than its last segment "
-                      f"ran with: {', '.join(changed)}.", file=sys.stderr, flush=True)
-        state.provenance = [*state.provenance, made.record]
-        if made.diff:
-            path = runlog.write_code_diff(state.run_dir, made.diff, len(state.provenance))
-            print(f"the code has uncommitted changes: they are kept in {path}", flush=True)
 
     def evaluate(self, model, with_spike_stats: bool = False) -> dict:
         return evaluate(model, self.loaders.test, self.test_loss, self.task.scores, self.ctx, self.progress,
@@ -187,20 +150,16 @@ class Fit:
         runlog.append_metrics(self.writer.log_dir, strict_json({"epoch": number, **scalars}))
 
     def checkpoint(self) -> Checkpoint:
-        state, settings, t = self.state, self.ctx.settings, self.t.state()
-        return Checkpoint(
-            None, "ours", t["model"], t["optimizer"], t["scaler"], epoch=state.epoch - 1,  # the last finished one
-            best_acc1=state.best_acc1, args=settings.record(), task_state={"last_acc1": state.last_acc1},
-            rng=rng_state(self.ctx.device), model_ema=t["model_ema"], step=state.step, epoch_sums=state.epoch_sums,
-            step_samples=self.loaders.step_samples, task=self.task.name,
-            model_settings=settings.of_kind("model"), provenance=state.provenance)
+        """The run state (with the generators' states now) and the training objects, as a checkpoint keeps them."""
+        self.state.rng = rng_state(self.ctx.device)
+        return Checkpoint(None, "ours", self.t.model.state_dict(), self.state, **self.t.state())
 
     def save(self, best: bool) -> None:
         """The run's checkpoints (rank 0). The best one first: a kill between the two saves must not lose it."""
         record = self.checkpoint().to_dict()
         if best:
-            save_checkpoint(record, self.state.run_dir / runlog.BEST)
-        save_checkpoint(record, self.state.run_dir / runlog.LATEST)
+            save_checkpoint(record, self.run_dir / runlog.BEST)
+        save_checkpoint(record, self.run_dir / runlog.LATEST)
 
     # --- stops -----------------------------------------------------------------------------------
 
@@ -216,14 +175,14 @@ class Fit:
         if not self.ctx.is_main:
             return RunStopped(signum, "")
         name = signal_name(signum)
-        latest = state.run_dir / runlog.LATEST
+        latest = self.run_dir / runlog.LATEST
         if mid_epoch:
             saved = f"a mid-epoch checkpoint is in {latest}"
         elif latest.is_file():
-            saved = f"the checkpoints in {state.run_dir} are intact"
+            saved = f"the checkpoints in {self.run_dir} are intact"
         else:
             return RunStopped(signum, f"{name}: stopped in epoch {state.epoch + 1} before any checkpoint was written; "
                                       "run the same command again to start over.")
         where = where or f"in epoch {state.epoch + 1}"
-        runlog.write_summary(state.run_dir, strict_json({**state.summary, "stopped": name}))
+        runlog.write_summary(self.run_dir, strict_json({**summary(state, self.run_dir), "stopped": name}))
         return RunStopped(signum, f"{name}: stopped {where}; {saved}. Resume with:\n  {resume_command(latest)}")

@@ -7,6 +7,7 @@ a state dict, and what happens to it at each epoch's start. The tasks' `--neuron
 checkpoint loader, `--spike-stats` and the table tool all read this one registry: adding a
 neuron is adding its entry (and its class, where it is new).
 """
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,7 +24,8 @@ from .neurons import PSN, MaskedPSN, SlidingPSN
 class Neuron:
     name: str
     label: str  # in tables and plots
-    # (T, order, exp_init, channels) -> a multi-step module, with its own ATan surrogate where it has one
+    # A multi-step module, with its own ATan surrogate where it has one, from the settings it names among
+    # T, order, exp_init and channels, as keyword arguments: `build=lambda T, order: MaskedPSN(k=order, T=T)`.
     build: Callable[..., nn.Module]
     module_types: tuple[type, ...]  # what `build` makes: how a module in a network is recognised
     streams: bool = False  # runs one step at a time (single-step mode), so a causal network can stream
@@ -110,11 +112,11 @@ def _masked_lambda(module: MaskedPSN, epoch: int, epochs: int) -> dict:
 # --- the registry ------------------------------------------------------------------------------
 
 def _lif_family(cls, **kwargs):
-    return lambda T, order, exp_init, channels: cls(surrogate_function=surrogate.ATan(), step_mode="m", **kwargs)
+    return lambda: cls(surrogate_function=surrogate.ATan(), step_mode="m", **kwargs)
 
 
 def _channel_wise(name: str, build):
-    def make(T, order, exp_init, channels):
+    def make(T, channels):
         if channels is None:
             raise ValueError(f"{name} is channel-wise: create_neuron needs channels=.")
         return build(T, channels)
@@ -125,17 +127,16 @@ def _channel_wise(name: str, build):
 # the PSN by its mask, so it is asked first.
 NEURONS: dict[str, Neuron] = {entry.name: entry for entry in (
     Neuron("masked_psn", "masked PSN", module_types=(MaskedPSN,), streams=True, needs_order=True, aliases=("if5pmd8",),
-           build=lambda T, order, exp_init, channels: MaskedPSN(k=order, T=T, surrogate_function=surrogate.ATan(),
-                                                                step_mode="m"),
+           build=lambda T, order: MaskedPSN(k=order, T=T, surrogate_function=surrogate.ATan(), step_mode="m"),
            convert_original=_rename_masked, identify=_identify_masked, on_epoch_start=_masked_lambda,
            time_weight=lambda m, T: m.masked_weight()),
     Neuron("psn", "PSN", module_types=(PSN,), aliases=("if5",),
-           build=lambda T, order, exp_init, channels: PSN(T=T, surrogate_function=surrogate.ATan()),
+           build=lambda T: PSN(T=T, surrogate_function=surrogate.ATan()),
            convert_original=_rename_fc, identify=_identify_psn, time_weight=lambda m, T: m.weight),
     Neuron("sliding_psn", "sliding PSN", module_types=(SlidingPSN,), streams=True, needs_order=True,
            aliases=("mspsn",),
-           build=lambda T, order, exp_init, channels: SlidingPSN(k=order, exp_init=exp_init,
-                                                                 surrogate_function=surrogate.ATan(), step_mode="m"),
+           build=lambda order, exp_init: SlidingPSN(k=order, exp_init=exp_init, surrogate_function=surrogate.ATan(),
+                                                    step_mode="m"),
            convert_original=_rename_threshold, identify=_identify_sliding,
            time_weight=lambda m, T: m.gen_gemm_weight(T)),
     # LIF and PLIF: tau 2, soft reset, detached reset; KLIF: soft reset (the paper's baselines).
@@ -148,7 +149,7 @@ NEURONS: dict[str, Neuron] = {entry.name: entry for entry in (
     Neuron("glif", "GLIF", module_types=(GLIF,), convert_original=_rename_glif,
            build=_channel_wise("glif", lambda T, channels: GLIF(T=T, channels=channels))),
     Neuron("lif_no_reset", "LIF without reset", module_types=(LIFNoReset,), streams=True, aliases=("lifnr",),
-           build=lambda T, order, exp_init, channels: LIFNoReset(tau=2.0, surrogate_function=surrogate.ATan())),
+           build=lambda: LIFNoReset(tau=2.0, surrogate_function=surrogate.ATan())),
     # SpikingJelly's GatedLIFNode, another neuron than the paper's GLIF: for comparison.
     Neuron("glif_sj", "GLIF (SpikingJelly)", module_types=(SpikingJellyGLIF,),
            build=_channel_wise("glif_sj", lambda T, channels: SpikingJellyGLIF(T, channels, surrogate.ATan()))),
@@ -189,7 +190,20 @@ def create_neuron(name: str, T: int | None, *, order: int | None = None, exp_ini
     entry = NEURONS[canonical_neuron_name(name)]
     if entry.needs_order and order is None:
         raise ValueError(f"{entry.name} needs its order (k, the original's -P).")
-    return entry.build(T, order, exp_init, channels)
+    settings = {"T": T, "order": order, "exp_init": exp_init, "channels": channels}
+    return entry.build(**_named_by(entry.build, settings))
+
+
+def _named_by(build: Callable, settings: dict) -> dict:
+    """The settings a constructor names among its parameters (all of them where it takes **kwargs)."""
+    parameters = inspect.signature(build).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return settings
+    unknown = [p.name for p in parameters if p.name not in settings and p.default is inspect.Parameter.empty]
+    if unknown:
+        raise TypeError(f"a neuron's build takes named settings among {', '.join(settings)}; "
+                        f"{', '.join(unknown)} is none of them")
+    return {p.name: settings[p.name] for p in parameters if p.name in settings}
 
 
 def entry_of(module: nn.Module) -> Neuron | None:

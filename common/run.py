@@ -1,10 +1,13 @@
 """One invocation of a task, from its command line to its last line of output.
 
-    settings = resolved once (command line + checkpoint), frozen     common.settings, common.lifecycle
+    start    = run directory claimed, checkpoint read, settings      common.start (run_dir, settings)
+               resolved once (command line + checkpoint), frozen
     context  = processes, device, precision                          common.context
     data, model, loaders                                             the task's hooks
     --test-only: evaluate and print one JSON line                    common.engine.evaluate
-    otherwise:   Training (optimizer, scaler, EMA, schedule) + Fit   common.training, common.fit
+    otherwise:   the run state, Training (optimizer, scaler, EMA,    common.start, common.training,
+                 schedule) + Fit                                     common.fit
+    what it says at its start and end                                common.report
 
 A task's train.py calls `run(TASK, argv)` and nothing else.
 """
@@ -14,15 +17,17 @@ import torch
 import torch.nn as nn
 
 from . import distributed as D
-from . import provenance, runlog
 from .context import Context, make_context
 from .data import DataBundle, make_loader
 from .engine import evaluate
 from .errors import UserError
-from .fit import Fit, Loaders, Made, finish, print_json
-from .lifecycle import Start, open_run, seed_epoch, starting_state
+from .fit import Fit, Loaders
 from .progress import Progress
+from .report import Report, made_here, summary
+from .rng import seed_epoch
+from .run_dir import resumable_checkpoint
 from .settings import Settings
+from .start import Start, open_run, starting_state
 from .stops import Interrupted, RunStopped, StopRequests, resume_command, signal_name
 from .task import Task
 from .training import Training
@@ -45,7 +50,7 @@ def run(task: Task, argv=None) -> dict:
         with stops:
             start = open_run(task, cli, env)
             ctx = make_context(start.settings, env, device, stops)
-            return _invoke(task, start, ctx, _made(ctx))
+            return _invoke(task, start, ctx, Report(ctx, start.notes, made_here(ctx)))
     except (KeyboardInterrupt, Interrupted) as e:  # before the epochs began (data, model) or with --test-only
         stops.ending()
         signum = getattr(e, "signum", 2)
@@ -71,18 +76,11 @@ def run(task: Task, argv=None) -> dict:
 def _resume_hint(start: Start | None, env: D.DistEnv) -> str:
     if start is None or start.run_dir is None or not env.is_main:
         return ""
-    found = runlog.resumable_checkpoint(start.run_dir)
+    found = resumable_checkpoint(start.run_dir)
     return f" Resume with: {resume_command(found)}" if found is not None else ""
 
 
-def _made(ctx: Context) -> Made:
-    if not ctx.is_main:
-        return Made()
-    code, diff = provenance.code_state()
-    return Made(provenance.segment(ctx.device, ctx.env.world_size, code), diff)
-
-
-def _invoke(task: Task, start: Start, ctx: Context, made: Made) -> dict:
+def _invoke(task: Task, start: Start, ctx: Context, report: Report) -> dict:
     settings, env = ctx.settings, ctx.env
     batch_size = _per_process_batch(task, settings, env)
     seed_epoch(settings.seed, -1)
@@ -91,10 +89,10 @@ def _invoke(task: Task, start: Start, ctx: Context, made: Made) -> dict:
     pin = ctx.device.type == "cuda"
     test_loader = make_loader(data.test, batch_size, settings.workers, False, env, settings.seed, pin_memory=pin)
     if settings.test_only:
-        return _test_only(task, ctx, model, test_loader, num_classes, start, made)
+        return _test_only(task, ctx, model, test_loader, num_classes, start, report)
 
     step_samples = batch_size * env.world_size
-    state = starting_state(start, step_samples)
+    state = starting_state(task, start, step_samples)
     if start.ckpt is not None:
         load_model_weights(model, start.ckpt)
     elif task.init_weights is not None:
@@ -106,13 +104,13 @@ def _invoke(task: Task, start: Start, ctx: Context, made: Made) -> dict:
                         f"smaller than one batch of {batch_size}; lower --batch-size.")
     loaders = Loaders(train_loader, test_loader, data.batch_transform, num_classes, step_samples)
     if state.epoch >= settings.epochs:  # a finished run, or a file with nothing left to train: its summary
-        state.best_acc1, state.last_acc1 = start.ckpt.best_acc1, start.ckpt.last_acc1
-        if ctx.is_main:
-            for note in start.notes:
-                print(note, flush=True)
-        return finish(state, ctx, f"{state.run_dir}: all {settings.epochs} epochs are done; nothing to train.")
+        state.best_acc1, state.last_acc1 = start.ckpt.state.best_acc1, start.ckpt.state.last_acc1
+        report.opening()
+        return report.closing(summary(state, start.run_dir), start.run_dir,
+                              f"{start.run_dir}: all {settings.epochs} epochs are done; nothing to train.")
     training = Training(model, ctx, state.epoch, start.ckpt)
-    return Fit(task, ctx, training, state, loaders, start.notes, made).run()
+    resumed_from = str(start.ckpt.path) if start.ckpt is not None else None
+    return Fit(task, ctx, training, state, loaders, start.run_dir, resumed_from, report).run()
 
 
 def _per_process_batch(task: Task, settings: Settings, env: D.DistEnv) -> int:
@@ -163,13 +161,10 @@ def _build_model(task: Task, ctx: Context, data: DataBundle, start: Start) -> tu
 
 
 def _test_only(task: Task, ctx: Context, model: nn.Module, test_loader, num_classes: int, start: Start,
-               made: Made) -> dict:
+               report: Report) -> dict:
     settings = ctx.settings
     load_model_weights(model, start.ckpt)
-    if ctx.is_main:
-        for note in start.notes:
-            print(note, flush=True)
-        print(f"test set: {len(test_loader.dataset)} samples, the model scores {num_classes} classes", flush=True)
+    report.opening(f"test set: {len(test_loader.dataset)} samples, the model scores {num_classes} classes")
     if task.check_loaded is not None:
         task.check_loaded(model, settings)
     metrics = evaluate(model, test_loader, task.test_loss(settings), task.scores, ctx, Progress(ctx.env, 0),
@@ -181,8 +176,5 @@ def _test_only(task: Task, ctx: Context, model: nn.Module, test_loader, num_clas
         record.update({k: metrics[k] for k in ("synops_per_sample", "macs_per_sample", "energy_uJ_per_sample")
                        if k in metrics})
         record["firing_rates"] = metrics["firing_rates"]
-    record["provenance"] = made.record
-    if ctx.is_main:
-        print_json(record)
-    return record
+    return report.closing(record)
 

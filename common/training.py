@@ -103,8 +103,9 @@ class Training:
         return self.optimizer.param_groups[0]["lr"]
 
     def state(self) -> dict:
-        """What a checkpoint keeps of the training objects (the schedule is a function of the epoch)."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        """What a checkpoint keeps of the training objects besides the model's weights, by the Checkpoint's field
+        names (the schedule is a function of the epoch)."""
+        return {"optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "model_ema": self.ema.module.state_dict() if self.ema is not None else None}
 

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import runlog  # noqa: E402
+from common.run_dir import checkpoints_in, holder_is_gone  # noqa: E402
 from scripts.experiments import TASKS, RegistryError, Row, load, select  # noqa: E402
 
 MAX_FILE = 1 << 20  # metrics.jsonl and summary.json of a run: far below a MiB
@@ -96,7 +97,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 def _lock_holder(run_dir: Path) -> str | None:
     """'host pid' of a live run holding the directory; None when no run holds it (or its process is gone)."""
     holder = (_read_small(run_dir / runlog.LOCK) or "").strip()
-    return holder if holder and not runlog.holder_is_gone(holder) else None
+    return holder if holder and not holder_is_gone(holder) else None
 
 
 def row_status(row: Row, runs: Path) -> dict:
@@ -112,7 +113,7 @@ def row_status(row: Row, runs: Path) -> dict:
         times = [m["train/epoch_time_s"] for m in metrics if isinstance(m.get("train/epoch_time_s"), (int, float))]
         eta = (sum(times) / len(times)) * (row.epochs - done) if times else None
         status.update(state="running", where=holder, eta_s=eta)
-    elif not run_dir.is_dir() or not runlog.checkpoints_in(run_dir):
+    elif not run_dir.is_dir() or not checkpoints_in(run_dir):
         status.update(state="not started" if not metrics else "stopped")
     elif done >= row.epochs:
         status.update(state="finished")

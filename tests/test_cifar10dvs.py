@@ -140,7 +140,7 @@ def test_released_layout_loads_and_computes_the_original_function(prefix, tmp_pa
     torch.save(ckpt, tmp_path / "dvs.pth")
     model = VGGSlidingPSN()
     loaded = load_model_weights(model, tmp_path / "dvs.pth")
-    assert loaded.layout == "model_dvs" and loaded.best_acc1 == pytest.approx(82.3) and loaded.epoch == 199
+    assert loaded.layout == "model_dvs" and loaded.state.best_acc1 == pytest.approx(82.3) and loaded.state.epoch == 200
     model = model.double().eval()
     frames = torch.rand(2, 4, 2, 48, 48, dtype=torch.float64) * 3
     raw = {k.removeprefix(prefix): v.double() for k, v in ckpt["model"].items()}

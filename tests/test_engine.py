@@ -64,9 +64,9 @@ def test_every_layout_loads_to_the_same_weights(layout, tmp_path):
     for key, value in net.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
     if layout not in ("bare", "ddp_bare"):
-        assert ckpt.epoch == 5 and ckpt.best_acc1 == pytest.approx(50.0)
+        assert ckpt.state.epoch == 6 and ckpt.state.best_acc1 == pytest.approx(50.0)
     if layout == "model_imagenet":
-        assert ckpt.args["model"] == "x"
+        assert ckpt.state.settings["model"] == "x"
 
 
 def test_original_masked_and_sliding_names_convert():
@@ -142,12 +142,12 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match="NaN or infinite in epoch 2"):
         run(task, argv + ["--resume", str(latest)])
     assert latest.read_bytes() == good
-    assert read_checkpoint(latest).epoch == 0
+    assert read_checkpoint(latest).state.epoch == 1
 
 
 def test_released_fixture_layout_is_net():
     ckpt = read_checkpoint(FIXTURES / "cifar10_psn_c32_T4.pth")
-    assert ckpt.layout == "net" and ckpt.epoch == 1023 and ckpt.best_acc1 == pytest.approx(95.32)
+    assert ckpt.layout == "net" and ckpt.state.epoch == 1024 and ckpt.state.best_acc1 == pytest.approx(95.32)
 
 
 def test_the_original_command_parses_to_the_same_settings():
@@ -195,7 +195,7 @@ def test_every_checkpoint_field_is_checked_before_use(name, value, tmp_path):
 def test_a_mid_epoch_checkpoint_needs_its_sums_and_step_size(tmp_path):
     mid = {**_valid_checkpoint(), "epoch": -1, "step": 3, "epoch_sums": [1.0, 2.0, 96.0, 0.5], "step_samples": 32}
     ckpt = read_checkpoint(_save(mid, tmp_path / "mid.pth"))
-    assert ckpt.position == (0, 3)
+    assert ckpt.state.position == (0, 3)
     for field, value in (("epoch_sums", None), ("step_samples", None), ("step_samples", 0)):
         with pytest.raises(UserError, match=field):
             read_checkpoint(_save({**mid, field: value}, tmp_path / "bad.pth"))

@@ -145,8 +145,8 @@ def test_released_layout_loads_safely_and_computes_the_original_function(tmp_pat
                 "epoch": 319, "args": argparse.Namespace(model="sew_resnet18", T=4, tet=True),
                 "max_test_acc1": 67.63, "test_acc5_at_max_test_acc1": 87.75}, tmp_path / "r18.pth")
     ckpt = read_checkpoint(tmp_path / "r18.pth")  # weights_only=True with argparse.Namespace allowed
-    assert ckpt.layout == "model_imagenet" and ckpt.args["model"] == "sew_resnet18"
-    assert ckpt.best_acc1 == pytest.approx(67.63)
+    assert ckpt.layout == "model_imagenet" and ckpt.state.settings["model"] == "sew_resnet18"
+    assert ckpt.state.best_acc1 == pytest.approx(67.63)
     model = MODELS["sew_resnet18"](T=4)
     load_model_weights(model, ckpt)
     model = model.double().eval()
@@ -233,4 +233,4 @@ def test_an_unreadable_image_stops_the_run_naming_the_file(image_folder, tmp_pat
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and lines[-1].startswith("error: Image ") and str(bad) in lines[-1]
     assert "Traceback" not in result.stderr and "--resume" in lines[-1]
-    assert read_checkpoint(tmp_path / "r" / "checkpoint_latest.pth").epoch == 1  # untouched
+    assert read_checkpoint(tmp_path / "r" / "checkpoint_latest.pth").state.epoch == 2  # untouched

@@ -1,4 +1,4 @@
-"""The run lifecycle: one run per directory, resumes that never rewind, the best checkpoint kept."""
+"""The run directory: one run per directory, resumes that never rewind, the best checkpoint kept."""
 import os
 import signal
 import subprocess

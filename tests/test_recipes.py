@@ -11,7 +11,8 @@ from common.checkpoint import Checkpoint
 from common.data import make_loader
 from common.distributed import DistEnv
 from common.errors import UserError
-from common.lifecycle import resolve
+from common.run_state import RunState
+from common.settings import resolve
 from conftest import FIXTURES, QUICK, last_json, run_script
 
 
@@ -94,7 +95,7 @@ def test_evaluation_is_fp32_whatever_amp_says():
 
 
 def _checkpoint(args: dict) -> Checkpoint:
-    return Checkpoint(Path("old.pth"), "ours", {}, args=args)
+    return Checkpoint(Path("old.pth"), "ours", {}, RunState(settings=args))
 
 
 def _adopted(before, after) -> set:
@@ -144,10 +145,11 @@ def test_an_old_glif_checkpoint_resumes_as_the_spikingjelly_neuron_it_was_traine
 
     old_model = SequentialCIFARNet(channels=4, neuron="glif_sj")
     saved = dict(seq.TASK.parse(["-neu", "glif", "--channels", "4"]))
-    ckpt = Checkpoint(Path("old.pth"), "ours", old_model.state_dict(), args=dict(saved))
+    ckpt = Checkpoint(Path("old.pth"), "ours", old_model.state_dict(), RunState(settings=dict(saved)))
     args = resolve(seq.TASK, seq.TASK.parse(["--resume", "old.pth"]), ckpt)
     assert args.neuron == "glif_sj" and args.channels == 4
-    new = Checkpoint(Path("new.pth"), "ours", SequentialCIFARNet(channels=4, neuron="glif").state_dict(), args=saved)
+    new = Checkpoint(Path("new.pth"), "ours", SequentialCIFARNet(channels=4, neuron="glif").state_dict(),
+                     RunState(settings=saved))
     args = resolve(seq.TASK, seq.TASK.parse(["--resume", "new.pth"]), new)
     assert args.neuron == "glif"
 

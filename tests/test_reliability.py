@@ -20,7 +20,8 @@ from common import runlog
 from common.checkpoint import content_digest, read_checkpoint
 from common.engine import TrainingDiverged
 from common.errors import UserError
-from common.lifecycle import open_run
+from common.run_dir import RunLock
+from common.start import open_run
 from common.distributed import DistEnv
 from common.run import run
 from conftest import QUICK, ROOT, run_script, script_env
@@ -54,20 +55,20 @@ def test_the_lock_is_taken_before_the_checkpoint_is_read(good_run, tmp_path, mon
     later = read_checkpoint(run_dir / runlog.LATEST).to_dict()
     later.update(epoch=0, step=1, epoch_sums=[1.0, 1.0, 700.0, 0.5], step_samples=700)
     later["digest"] = content_digest(later)
-    claim = runlog.RunLock.claim
+    claim = RunLock.claim
 
     def run_a_saves_and_leaves_first(lock):
         torch.save(later, run_dir / runlog.LATEST)  # run A's mid-epoch checkpoint, written as it stopped
         return claim(lock)
 
-    monkeypatch.setattr(runlog.RunLock, "claim", run_a_saves_and_leaves_first)
+    monkeypatch.setattr(RunLock, "claim", run_a_saves_and_leaves_first)
     for resume in ("auto", str(run_dir / runlog.LATEST)):
         torch.save(read_checkpoint(good_run).to_dict(), run_dir / runlog.LATEST)  # end of epoch 1 again
         cli = cifar10.TASK.parse([*FAST, "--epochs", "2", "--output-dir", str(tmp_path), "--run-name", "r",
                                   "--resume", resume])
         start = open_run(cifar10.TASK, cli, DistEnv())
         start.lock.release()
-        assert start.ckpt.position == (1, 1), resume  # epoch 2, after its step 1: not the stale end of epoch 1
+        assert start.ckpt.state.position == (1, 1), resume  # epoch 2, after its step 1: not the stale end of epoch 1
 
 
 def test_a_resume_racing_a_stopping_run_never_rewinds_it(tmp_path):
@@ -95,7 +96,7 @@ def test_a_resume_racing_a_stopping_run_never_rewinds_it(tmp_path):
             begun = next(line for line in b_out.splitlines() if line.startswith("run directory:"))
             assert f"(epoch {stopped[0] + 1} of 3, step {stopped[1] + 1})" in begun, (begun, stopped)
         latest = read_checkpoint(tmp_path / "r" / runlog.LATEST)
-        assert latest.position >= stopped
+        assert latest.state.position >= stopped
 
 
 def read_checkpoint_position_from(stderr: str) -> tuple[int, int]:
@@ -276,7 +277,7 @@ def test_weights_that_become_non_finite_stop_the_run_and_keep_the_last_good_chec
     exploding = dataclasses.replace(cifar10.TASK, train_loss=infinite_gradients)
     with pytest.raises(TrainingDiverged, match="weights or BatchNorm statistics became NaN or infinite in epoch 2"):
         run(exploding, [*argv, "--resume", "auto"])
-    assert latest.read_bytes() == good and read_checkpoint(latest).position == (1, 0)
+    assert latest.read_bytes() == good and read_checkpoint(latest).state.position == (1, 0)
 
 
 # --- 6. a damaged checkpoint_latest; 7. forks; 8. full disks; 9. odd run files -----------------
@@ -298,7 +299,7 @@ def _two_epoch_run(two_epochs: Path, folder: Path) -> Path:
 def test_a_damaged_latest_gives_way_to_the_best(two_epochs, tmp_path, capsys):
     run_dir = _two_epoch_run(two_epochs, tmp_path)
     latest, best = run_dir / runlog.LATEST, run_dir / runlog.BEST
-    best_position = read_checkpoint(best).position
+    best_position = read_checkpoint(best).state.position
     data = bytearray(latest.read_bytes())
     data[len(data) // 2] ^= 0xFF
     latest.write_bytes(bytes(data))
@@ -322,7 +323,7 @@ def test_a_fork_keeps_its_own_best_and_writes_its_own_best_checkpoint(two_epochs
     fork = run(cifar10.TASK, [*FAST, "--epochs", "3", "--lr", "1e-9", "--resume", str(run_dir / runlog.BEST),
                               "--output-dir", str(tmp_path), "--run-name", "fork"])
     assert (tmp_path / "fork" / runlog.BEST).is_file()
-    assert fork["best_test_acc1"] == read_checkpoint(tmp_path / "fork" / runlog.BEST).best_acc1
+    assert fork["best_test_acc1"] == read_checkpoint(tmp_path / "fork" / runlog.BEST).state.best_acc1
 
 
 def test_a_full_disk_names_the_checkpoint_that_is_there(tmp_path, monkeypatch):

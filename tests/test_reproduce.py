@@ -108,7 +108,7 @@ def test_test_only_says_what_it_loaded_and_a_dvs_file_needs_its_T(tmp_path):
     torch.save(ckpt, folder / "dvs.pth")
     from cifar10dvs import train as dvs
     from common.errors import UserError
-    from common.lifecycle import resolve
+    from common.settings import resolve
     from common.checkpoint import read_checkpoint
 
     loaded = read_checkpoint(folder / "dvs.pth")

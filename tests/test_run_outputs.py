@@ -142,7 +142,7 @@ def test_ema_warmup_and_clipping_resume_exactly(tmp_path):
 
 
 def test_gradient_clipping_bounds_every_step(tmp_path):
-    from common.lifecycle import seed_epoch
+    from common.rng import seed_epoch
 
     run_script(SCRIPT, *QUICK, "--epochs", 1, "--clip-grad", 1e-9, "--output-dir", tmp_path, "--run-name", "r")
     seed_epoch(2023, -1)  # the engine builds the model right after this
