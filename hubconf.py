@@ -6,8 +6,8 @@ released weights.
 
 `pretrained=True` fetches the model's file from figshare article 24454912 into torch.hub's cache
 (`torch.hub.get_dir()/checkpoints/psn-figshare-24454912`), resumably and checked against the
-listing's MD5, through scripts/download_checkpoints.py (the same code and the same hostile-input
-rules as the command line; its MODELS table says which listed file is which model). The file is
+listing's MD5, through common/download.py (the same code and the same hostile-input rules as
+scripts/download_checkpoints.py; its MODELS table says which listed file is which model). The file is
 read with `weights_only=True` and its original layout converted as `--test-only` does; the model
 comes back in eval mode. A second call reads the cache without a request; a cached file whose MD5
 no longer matches is fetched again. PSN_FIGSHARE_API points at a mirror. The inputs each model
@@ -41,9 +41,9 @@ def _with_weights(key: str, model, pretrained: bool, overrides: dict, infer, rel
     if not pretrained:
         return model
     from common.checkpoint import read_checkpoint
+    from common.download import fetch_model
     from common.errors import UserError
     from common.weights import load_model_weights
-    from scripts.download_checkpoints import fetch_model
 
     classes = overrides.get("num_classes", released_classes)
     if classes != released_classes:
@@ -73,6 +73,41 @@ def _unknown(name: str, kwargs: dict, allowed: tuple[str, ...]) -> None:
         raise TypeError(f"{name}() takes no {', '.join(extra)} (settable: {', '.join(allowed) or 'nothing'})")
 
 
+def _cifar10dvs(key: str, pretrained: bool, kwargs: dict):
+    from cifar10dvs.models import VGGSlidingPSN
+    from cifar10dvs.train import infer_settings
+
+    _unknown(key, kwargs, ("order", "exp_init", "num_classes"))
+    settings = {"order": 2, "exp_init": True, "num_classes": 10, **kwargs}
+    model = VGGSlidingPSN(settings["num_classes"], settings["order"], settings["exp_init"])
+    return _with_weights(key, model, pretrained, kwargs, infer_settings, 10)
+
+
+def _sew_resnet(key: str, depth: int, pretrained: bool, kwargs: dict):
+    from imagenet.models import MODELS
+    from imagenet.train import infer_settings
+
+    _unknown(key, kwargs, ("T", "num_classes"))
+    settings = {"T": 4, "num_classes": 1000, **kwargs}
+    model = MODELS[f"sew_resnet{depth}"](T=settings["T"], num_classes=settings["num_classes"], neuron="psn")
+    return _with_weights(key, model, pretrained, kwargs, infer_settings, 1000)
+
+
+def _sequential_cifar(neuron: str, pretrained: bool, kwargs: dict):
+    from common.neuron_registry import NEURONS
+    from sequential_cifar.models import SequentialCIFARNet
+
+    name = f"sequential_cifar_{neuron}"
+    _no_weights(name, pretrained)
+    _unknown(name, kwargs, ("channels", "num_classes", "order", "exp_init"))
+    settings = {"channels": 128, "num_classes": 10, "order": 32 if NEURONS[neuron].needs_order else None,
+                "exp_init": False, **kwargs}
+    return SequentialCIFARNet(settings["channels"], settings["num_classes"], neuron, settings["order"],
+                              settings["exp_init"])
+
+
+# --- the entries ------------------------------------------------------------------------------------
+
 def cifar10_psn(pretrained: bool = False, **kwargs):
     """CIFAR-10: CIFAR10Net, 256 channels, PSN, T = 4 (paper 95.32 %); kwargs: channels, T, num_classes."""
     from cifar10.models import CIFAR10Net
@@ -84,73 +119,66 @@ def cifar10_psn(pretrained: bool = False, **kwargs):
     return _with_weights("cifar10_psn", model, pretrained, kwargs, infer_settings, 10)
 
 
-def _dvs(T: int):
-    key = f"cifar10dvs_sliding_psn_t{T}"
-
-    def entry(pretrained: bool = False, **kwargs):
-        from cifar10dvs.models import VGGSlidingPSN
-        from cifar10dvs.train import infer_settings
-
-        _unknown(key, kwargs, ("order", "exp_init", "num_classes"))
-        settings = {"order": 2, "exp_init": True, "num_classes": 10, **kwargs}
-        model = VGGSlidingPSN(settings["num_classes"], settings["order"], settings["exp_init"])
-        return _with_weights(key, model, pretrained, kwargs, infer_settings, 10)
-
-    entry.__name__ = entry.__qualname__ = key
-    paper = {4: 82.30, 8: 85.30, 10: 85.90}[T]
-    entry.__doc__ = (f"CIFAR10-DVS at T = {T}: VGG (8 conv) with sliding PSN, order 2 (paper {paper:.2f} %); input "
-                     f"[N, {T}, 2, 48, 48] event-count frames; kwargs: order, exp_init, num_classes.")
-    return entry
+def cifar10dvs_sliding_psn_t4(pretrained: bool = False, **kwargs):
+    """CIFAR10-DVS at T = 4: VGG (8 conv) with sliding PSN, order 2 (paper 82.30 %); input [N, 4, 2, 48, 48] event-count frames; kwargs: order, exp_init, num_classes."""  # noqa: E501 - torch.hub.help shows one line
+    return _cifar10dvs("cifar10dvs_sliding_psn_t4", pretrained, kwargs)
 
 
-cifar10dvs_sliding_psn_t4 = _dvs(4)
-cifar10dvs_sliding_psn_t8 = _dvs(8)
-cifar10dvs_sliding_psn_t10 = _dvs(10)
+def cifar10dvs_sliding_psn_t8(pretrained: bool = False, **kwargs):
+    """CIFAR10-DVS at T = 8: VGG (8 conv) with sliding PSN, order 2 (paper 85.30 %); input [N, 8, 2, 48, 48] event-count frames; kwargs: order, exp_init, num_classes."""  # noqa: E501
+    return _cifar10dvs("cifar10dvs_sliding_psn_t8", pretrained, kwargs)
 
 
-def _sew(depth: int):
-    key = f"sew_resnet{depth}_psn"
-
-    def entry(pretrained: bool = False, **kwargs):
-        from imagenet.models import MODELS
-        from imagenet.train import infer_settings
-
-        _unknown(key, kwargs, ("T", "num_classes"))
-        settings = {"T": 4, "num_classes": 1000, **kwargs}
-        model = MODELS[f"sew_resnet{depth}"](T=settings["T"], num_classes=settings["num_classes"], neuron="psn")
-        return _with_weights(key, model, pretrained, kwargs, infer_settings, 1000)
-
-    entry.__name__ = entry.__qualname__ = key
-    paper = {18: "67.63 % top-1, 87.75 % top-5", 34: "70.54 % top-1, 89.68 % top-5"}[depth]
-    entry.__doc__ = (f"ImageNet: SEW ResNet-{depth} with PSN, T = 4 (paper {paper}); output [T, N, 1000] logits "
-                     f"per step; kwargs: T, num_classes.")
-    return entry
+def cifar10dvs_sliding_psn_t10(pretrained: bool = False, **kwargs):
+    """CIFAR10-DVS at T = 10: VGG (8 conv) with sliding PSN, order 2 (paper 85.90 %); input [N, 10, 2, 48, 48] event-count frames; kwargs: order, exp_init, num_classes."""  # noqa: E501
+    return _cifar10dvs("cifar10dvs_sliding_psn_t10", pretrained, kwargs)
 
 
-sew_resnet18_psn = _sew(18)
-sew_resnet34_psn = _sew(34)
+def sew_resnet18_psn(pretrained: bool = False, **kwargs):
+    """ImageNet: SEW ResNet-18 with PSN, T = 4 (paper 67.63 % top-1, 87.75 % top-5); output [T, N, 1000] logits per step; kwargs: T, num_classes."""  # noqa: E501
+    return _sew_resnet("sew_resnet18_psn", 18, pretrained, kwargs)
 
 
-def _sequential(neuron: str):
-    name = f"sequential_cifar_{neuron}"
-
-    def entry(pretrained: bool = False, **kwargs):
-        from common.neuron_registry import NEURONS
-        from sequential_cifar.models import SequentialCIFARNet
-
-        _no_weights(name, pretrained)
-        _unknown(name, kwargs, ("channels", "num_classes", "order", "exp_init"))
-        settings = {"channels": 128, "num_classes": 10, "order": 32 if NEURONS[neuron].needs_order else None,
-                    "exp_init": False, **kwargs}
-        return SequentialCIFARNet(settings["channels"], settings["num_classes"], neuron, settings["order"],
-                                  settings["exp_init"])
-
-    entry.__name__ = entry.__qualname__ = name
-    entry.__doc__ = (f"Sequential CIFAR (an image read one column per step, T = 32), 128 channels, {neuron}; no "
-                     f"released weights; kwargs: channels, num_classes, order, exp_init.")
-    return entry
+def sew_resnet34_psn(pretrained: bool = False, **kwargs):
+    """ImageNet: SEW ResNet-34 with PSN, T = 4 (paper 70.54 % top-1, 89.68 % top-5); output [T, N, 1000] logits per step; kwargs: T, num_classes."""  # noqa: E501
+    return _sew_resnet("sew_resnet34_psn", 34, pretrained, kwargs)
 
 
-for _neuron in ("psn", "masked_psn", "sliding_psn", "lif", "plif", "klif", "glif", "lif_no_reset"):
-    globals()[f"sequential_cifar_{_neuron}"] = _sequential(_neuron)
-del _neuron
+def sequential_cifar_psn(pretrained: bool = False, **kwargs):
+    """Sequential CIFAR (an image read one column per step, T = 32), 128 channels, psn; no released weights; kwargs: channels, num_classes, order, exp_init."""  # noqa: E501
+    return _sequential_cifar("psn", pretrained, kwargs)
+
+
+def sequential_cifar_masked_psn(pretrained: bool = False, **kwargs):
+    """Sequential CIFAR (an image read one column per step, T = 32), 128 channels, masked_psn; no released weights; kwargs: channels, num_classes, order, exp_init."""  # noqa: E501
+    return _sequential_cifar("masked_psn", pretrained, kwargs)
+
+
+def sequential_cifar_sliding_psn(pretrained: bool = False, **kwargs):
+    """Sequential CIFAR (an image read one column per step, T = 32), 128 channels, sliding_psn; no released weights; kwargs: channels, num_classes, order, exp_init."""  # noqa: E501
+    return _sequential_cifar("sliding_psn", pretrained, kwargs)
+
+
+def sequential_cifar_lif(pretrained: bool = False, **kwargs):
+    """Sequential CIFAR (an image read one column per step, T = 32), 128 channels, lif; no released weights; kwargs: channels, num_classes, order, exp_init."""  # noqa: E501
+    return _sequential_cifar("lif", pretrained, kwargs)
+
+
+def sequential_cifar_plif(pretrained: bool = False, **kwargs):
+    """Sequential CIFAR (an image read one column per step, T = 32), 128 channels, plif; no released weights; kwargs: channels, num_classes, order, exp_init."""  # noqa: E501
+    return _sequential_cifar("plif", pretrained, kwargs)
+
+
+def sequential_cifar_klif(pretrained: bool = False, **kwargs):
+    """Sequential CIFAR (an image read one column per step, T = 32), 128 channels, klif; no released weights; kwargs: channels, num_classes, order, exp_init."""  # noqa: E501
+    return _sequential_cifar("klif", pretrained, kwargs)
+
+
+def sequential_cifar_glif(pretrained: bool = False, **kwargs):
+    """Sequential CIFAR (an image read one column per step, T = 32), 128 channels, glif; no released weights; kwargs: channels, num_classes, order, exp_init."""  # noqa: E501
+    return _sequential_cifar("glif", pretrained, kwargs)
+
+
+def sequential_cifar_lif_no_reset(pretrained: bool = False, **kwargs):
+    """Sequential CIFAR (an image read one column per step, T = 32), 128 channels, lif_no_reset; no released weights; kwargs: channels, num_classes, order, exp_init."""  # noqa: E501
+    return _sequential_cifar("lif_no_reset", pretrained, kwargs)

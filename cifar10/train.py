@@ -6,19 +6,16 @@
 The original command runs unchanged:
     python cifar10/train.py -data-dir /datasets/CIFAR10 -amp -opt sgd -channels 256 -epochs 1024 -device cuda:0 -T 4
 """
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from cifar10.models import CIFAR10Net  # noqa: E402
-from common import cli  # noqa: E402
-from common.data import build_cifar  # noqa: E402
-from common.errors import exits_cleanly  # noqa: E402
-from common.losses import smoothed_cross_entropy  # noqa: E402
-from common.run import run  # noqa: E402
-from common.task import Task  # noqa: E402
-from common.weights import neuron_in, tensor_shape  # noqa: E402
+from cifar10.models import CIFAR10Net
+from common import cli
+from common.data import build_cifar
+from common.errors import exits_cleanly
+from common.losses import smoothed_cross_entropy
+from common.run import run
+from common.task import Task
+from common.weights import neuron_in, tensor_shape
 
 
 def parser():

@@ -7,20 +7,16 @@ The original command runs unchanged:
     python cifar10dvs/train.py -b 32 --epochs 200 -method PSN -TET -T 4
 """
 import argparse
-import pathlib
-import sys
 from functools import partial
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from cifar10dvs.data import build_cifar10dvs  # noqa: E402
-from cifar10dvs.models import VGGSlidingPSN  # noqa: E402
-from common import cli  # noqa: E402
-from common.errors import exits_cleanly  # noqa: E402
-from common.losses import mean_logits_cross_entropy, per_step_outputs_loss  # noqa: E402
-from common.run import run  # noqa: E402
-from common.task import Task  # noqa: E402
-from common.weights import neuron_in  # noqa: E402
+from cifar10dvs.data import build_cifar10dvs
+from cifar10dvs.models import VGGSlidingPSN
+from common import cli
+from common.errors import exits_cleanly
+from common.losses import mean_logits_cross_entropy, per_step_outputs_loss
+from common.run import run
+from common.task import Task
+from common.weights import neuron_in
 
 
 def method(name: str) -> str:

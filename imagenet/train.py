@@ -9,19 +9,15 @@ The original command runs unchanged:
         --load resnet34-b627a593.pth --tet
 """
 import argparse
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from common import cli  # noqa: E402
-from common.errors import exits_cleanly  # noqa: E402
-from common.losses import per_step_outputs_loss  # noqa: E402
-from common.run import run  # noqa: E402
-from common.task import Task  # noqa: E402
-from common.weights import load_matching, neuron_in, tensor_shape  # noqa: E402
-from imagenet.data import build_imagenet  # noqa: E402
-from imagenet.models import MODELS  # noqa: E402
+from common import cli
+from common.errors import exits_cleanly
+from common.losses import per_step_outputs_loss
+from common.run import run
+from common.task import Task
+from common.weights import load_matching, neuron_in, tensor_shape
+from imagenet.data import build_imagenet
+from imagenet.models import MODELS
 
 
 def parser():

@@ -24,14 +24,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from spikingjelly.activation_based import functional
+from spikingjelly.activation_based import neuron as sj
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from spikingjelly.activation_based import functional  # noqa: E402
-from spikingjelly.activation_based import neuron as sj  # noqa: E402
-
-from common import kernels  # noqa: E402
-from common import neurons as ours  # noqa: E402
+from common import kernels
+from common import neurons as ours
 
 
 class Timer:

@@ -32,13 +32,12 @@ from pathlib import Path
 if "--dry-run" in sys.argv:  # before Triton is imported anywhere: the kernels run under its interpreter
     os.environ["TRITON_INTERPRET"] = "1"
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
+import torch  # noqa: E402 - after TRITON_INTERPRET is set
 from spikingjelly.activation_based import functional  # noqa: E402
 
 from common import kernels  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FIRST_STEP_RTOL = 1e-3
 LAST_MEAN_RTOL = 0.05

@@ -35,7 +35,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # Compiling for a GPU target needs the real JIT functions, not the interpreter's stand-ins
 # (set before Triton is first imported, here and in the worker processes).
 os.environ["TRITON_INTERPRET"] = "0"

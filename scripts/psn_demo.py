@@ -5,16 +5,11 @@
 Each example is the one in SpikingJelly's documentation with `common.neurons`
 in place of `spikingjelly.activation_based.neuron`; the errors it prints are 0.
 """
-import pathlib
-import sys
 
 import torch
+from spikingjelly.activation_based import functional
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from spikingjelly.activation_based import functional  # noqa: E402
-
-from common import neurons as neuron  # noqa: E402
+from common import neurons as neuron
 
 
 def psn_example():

@@ -7,7 +7,7 @@
     python scripts/reproduce.py status runs                   # not started / running / stopped / finished
     python scripts/reproduce.py table sequential_cifar        # the table of rows that task's README holds
 
-Rows come from paper/experiments.toml (scripts/experiments.py). Commands from `slurm` and
+Rows come from paper/experiments.toml (common/experiments.py). Commands from `slurm` and
 `command --runs DIR` put each row's run in DIR/<task>/<id> with `--resume auto`, so the same
 line continues a run that a job's time limit or a requeue stopped (SIGUSR1 two minutes before
 the limit writes a mid-epoch checkpoint).
@@ -20,11 +20,9 @@ import stat
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import runlog  # noqa: E402
-from common.run_dir import checkpoints_in, holder_is_gone  # noqa: E402
-from scripts.experiments import TASKS, RegistryError, Row, load, select  # noqa: E402
+from common import runlog
+from common.experiments import TASKS, RegistryError, Row, load, select
+from common.run_dir import checkpoints_in, holder_is_gone
 
 MAX_FILE = 1 << 20  # metrics.jsonl and summary.json of a run: far below a MiB
 

@@ -6,21 +6,18 @@
 The original commands run unchanged, e.g.
     python sequential_cifar/train.py -data-dir D -class-num 100 -amp -opt adamw -lr 0.001 -channels 128 -epochs 256 -neu mspsn -P 32
 """
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from common import cli  # noqa: E402
-from common.data import build_cifar  # noqa: E402
-from common.errors import UserError, exits_cleanly  # noqa: E402
-from common.losses import smoothed_cross_entropy  # noqa: E402
-from common.neuron_registry import NEURONS, streams  # noqa: E402
-from common.neurons import MaskedPSN  # noqa: E402
-from common.run import run  # noqa: E402
-from common.task import Task  # noqa: E402
-from common.weights import neuron_in, tensor_shape  # noqa: E402
-from sequential_cifar.models import SequentialCIFARNet  # noqa: E402
+from common import cli
+from common.data import build_cifar
+from common.errors import UserError, exits_cleanly
+from common.losses import smoothed_cross_entropy
+from common.neuron_registry import NEURONS, streams
+from common.neurons import MaskedPSN
+from common.run import run
+from common.task import Task
+from common.weights import neuron_in, tensor_shape
+from sequential_cifar.models import SequentialCIFARNet
 
 COLUMNS = 32  # time steps: the image width
 

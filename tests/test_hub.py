@@ -3,7 +3,6 @@ original outputs in float64, the cache, corrupted and offline caches, and the en
 import hashlib
 import json
 import re
-import sys
 
 import pytest
 import torch
@@ -123,7 +122,6 @@ def _original_to_ours(sd: dict, psn_prefixes: bool) -> dict:
      lambda: __import__("imagenet.models").models.sew_resnet34(T=4, num_classes=1000)),
 ])
 def test_the_dvs_and_imagenet_entries_hold_the_released_tensors(hub, name, file, model):
-    sys.path.insert(0, str(ROOT))
     loaded = _load(name, pretrained=True).double()
     reference = model()  # built here, its weights put in by hand from the served file
     sd = torch.load(_served(hub, file), weights_only=False)["model"]  # a file the test made: Namespace inside
@@ -144,7 +142,7 @@ def _served(hub, name):
 
 
 def test_listings_without_a_models_file_or_with_two_are_one_sentence(tmp_path, monkeypatch):
-    from scripts.download_checkpoints import DownloadError, find_model, model_of
+    from common.download import DownloadError, find_model, model_of
 
     assert {model_of(n) for n in ("PSN_CIFAR10DVS_T8.pth", "dvs-t_8.pt")} == {"cifar10dvs_sliding_psn_t8"}
     assert model_of("imagenet_sew_resnet34.pth") == "sew_resnet34_psn" and model_of("notes_cifar10.txt") is None
@@ -157,7 +155,7 @@ def test_listings_without_a_models_file_or_with_two_are_one_sentence(tmp_path, m
 
 
 def test_offline_with_an_empty_cache_is_one_sentence_naming_the_url(tmp_path, monkeypatch):
-    from scripts.download_checkpoints import DownloadError
+    from common.download import DownloadError
 
     torch.hub.set_dir(str(tmp_path / "hub"))
     monkeypatch.setenv("PSN_FIGSHARE_API", "http://127.0.0.1:9/v2")  # nothing listens on the discard port
@@ -194,10 +192,11 @@ def test_the_entries_listed_by_torch_hub_each_with_a_one_line_docstring(monkeypa
 
 
 def test_the_downloader_and_the_hub_share_the_api_setting(released, tmp_path, monkeypatch):
+    from common.download import default_api
     from scripts import download_checkpoints
 
     monkeypatch.setenv("PSN_FIGSHARE_API", released.url)
-    assert download_checkpoints.default_api() == released.url
+    assert default_api() == released.url
     assert download_checkpoints.main(["--filter", "cifar10dvs_T8", "--dest", str(tmp_path)]) == 0
     recorded = json.loads((tmp_path / "manifest.json").read_text())["files"]
     assert recorded["cifar10dvs_T8.pth"]["model"] == "cifar10dvs_sliding_psn_t8"

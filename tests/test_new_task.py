@@ -21,7 +21,7 @@ def _write_example_task(folder):
 
 
 def _run(script, *args, cwd):
-    env = script_env(PYTHONPATH=str(ROOT))  # the repository's common/ and scripts/, unchanged
+    env = script_env(PYTHONPATH=f"{cwd}:{ROOT}")  # the task's folder and the repository, unchanged
     out = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=cwd, env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -27,8 +27,9 @@ def _git(repo, *args):
 
 
 def _train(repo, *args):
+    # The copy's own code, not the clone this environment installed: PYTHONPATH, as README says for a second clone.
     out = subprocess.run([sys.executable, str(repo / "cifar10" / "train.py"), *FAST, *map(str, args)], cwd=repo,
-                         env=script_env(), capture_output=True, text=True, timeout=600)
+                         env=script_env(PYTHONPATH=str(repo)), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     return out
 

@@ -401,11 +401,11 @@ def _paper_run(folder: Path) -> Path:
 
 
 def test_damaged_event_files_are_reported_never_silently_wrong(tmp_path, capsys):
-    from scripts import paper_tables
+    from common import run_logs
 
     intact = _paper_run(tmp_path / "intact" / "lif_e256_b128_sgd_lr0.1_c128_amp")
     data = intact.read_bytes()
-    truth = max(v for _, v in paper_tables.read_scalars(intact.parent)["test_acc"])
+    truth = max(v for _, v in run_logs.read_scalars(intact.parent)["test_acc"])
     variants = [(f"cut{n}", data[:cut]) for n, cut in enumerate((5, 13, 100, len(data) // 2, len(data) - 3))]
     for n, at in enumerate((9, 20, len(data) // 3, len(data) // 2, len(data) - 2)):
         flipped = bytearray(data)
@@ -416,7 +416,7 @@ def test_damaged_event_files_are_reported_never_silently_wrong(tmp_path, capsys)
         folder.mkdir(parents=True)
         (folder / intact.name).write_bytes(content)
     capsys.readouterr()
-    runs = {Path(r.path).parent.name: r for r in paper_tables.find_runs([tmp_path])}
+    runs = {Path(r.path).parent.name: r for r in run_logs.find_runs([tmp_path])}
     err = capsys.readouterr().err
     assert runs["intact"].best == pytest.approx(100 * truth)
     for name, _ in variants:

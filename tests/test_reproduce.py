@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from conftest import FIXTURES, ROOT, manifest, run_script, script_env
-from scripts import experiments, reproduce
+from common import experiments
+from scripts import reproduce
 
 ROWS = experiments.load()
 
 
 def test_every_row_is_the_authors_run_and_parses_to_what_it_says():
-    from scripts.paper_tables import read_run
+    from common.run_logs import read_run
 
     assert len(ROWS) == 84 and len({r.id for r in ROWS}) == 84
     assert {r.table for r in ROWS} == {"CIFAR-10", "Sequential CIFAR-10", "Sequential CIFAR-100", "CIFAR10-DVS",
@@ -138,7 +139,8 @@ def test_the_table_tool_writes_only_markdown_to_stdout(tmp_path):
                         "## ImageNet"]
     main = out.stdout.split("## Sequential CIFAR (T = 32)")[1].split("## ")[0]
     assert len([line for line in main.splitlines() if line.startswith("| ") and "---" not in line]) == 1 + 9
-    from scripts.paper_tables import curve_label, find_runs
+    from common.run_logs import find_runs
+    from scripts.paper_tables import curve_label
 
     imagenet = [curve_label(r) for r in find_runs([ROOT / "paper" / "logs" / "imagenet"])]
     assert len(set(imagenet)) == 2 and any(label.startswith("SEW ResNet-34, PSN, T=4") for label in imagenet)

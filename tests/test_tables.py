@@ -137,13 +137,13 @@ def test_two_runs_of_one_row_are_both_shown(tmp_path):
 @pytest.mark.parametrize("args_txt", [b"", b"\xff\xfe\x00garbage", b"{not json", b"[1, 2]", b'{"task": "cifar10", "T": "abc"}',
                                       b'{"task": 5}', b'{"task": "sequential_cifar", "neuron": "sliding_psn", "order": [1]}', b"hello"])
 def test_a_damaged_run_is_skipped_and_the_rest_reported(tmp_path, args_txt, capsys):
-    from scripts import paper_tables
+    from common import run_logs
 
     _events(tmp_path / "good" / "lif_e256_b128_sgd_lr0.1_c128_amp")
     bad = tmp_path / "bad"
     _events(bad)
     (bad / "args.txt").write_bytes(args_txt)
-    runs = paper_tables.find_runs([tmp_path])  # in-process: the command line is tested just below
+    runs = run_logs.find_runs([tmp_path])  # in-process: the command line is tested just below
     assert [r.neuron for r in runs] == ["lif"]
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: skipped")]
     assert len(warnings) == 1 and str(bad) in warnings[0]

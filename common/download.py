@@ -1,0 +1,396 @@
+"""The authors' released checkpoints (figshare article 24454912): listing, name rules, fetch, cache.
+
+The one downloader of the project: scripts/download_checkpoints.py (the command line) and
+hubconf.py's `pretrained=True` both go through it. The file list (names, sizes, MD5s, download
+URLs) comes from figshare's public API. Each file is fetched into `<name>.part`, resumed with an
+HTTP Range request when a transfer is cut (at once, up to `retries` times, and by the next call
+from the .part left behind), checked against its MD5, and only then renamed into place. A file
+already present with the right MD5 is skipped. PSN_FIGSHARE_API points elsewhere: a mirror, or
+the tests' local server. Each verified file is recorded in `manifest.json` beside it (size, MD5,
+and which model it is: MODELS below), so that tools can tell a file's model later without asking
+the server.
+
+Everything the server says is checked before it is used: a listed name must be a plain file
+name (it is joined to the destination), a URL http(s), a size a sane integer; the listing's pages
+and bytes are bounded; no body is written past its listed size; `timeout` bounds each read and
+`deadline` each whole file. Any failure is one DownloadError sentence, leaving nothing outside
+the destination and no half-renamed file.
+"""
+import hashlib
+import http.client
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+ARTICLE = 24454912
+API = "https://api.figshare.com/v2"
+CHUNK = 1 << 20
+
+DEFAULT_PAGE = 10  # figshare's page size when none is asked for
+MAX_PAGES = 100  # 1,000 files: far more than any article of checkpoints
+MAX_LISTING_BYTES = 8 << 20  # one page of the listing, or the article record
+MAX_FILE_BYTES = 1 << 40  # a listed size beyond 1 TiB is not a checkpoint
+_MD5 = re.compile(r"[0-9a-f]{32}")
+
+
+class DownloadError(Exception):
+    pass
+
+
+class NotFound(DownloadError):
+    pass
+
+
+class TransferCut(DownloadError):
+    """The connection ended early; the .part file keeps what arrived, for a Range request."""
+
+
+class DeadlinePassed(DownloadError):
+    """A file took longer than --deadline; its .part stays for the next run, which resumes it."""
+
+
+def check_url(url, what: str) -> str:
+    parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or any(
+            ord(c) < 33 or ord(c) == 127 for c in url):
+        raise DownloadError(f"{what} {url!r} is not an http(s) URL; refusing it.")
+    return url
+
+
+def read_bounded(response, limit: int, deadline: float, what: str) -> bytes:
+    """At most `limit` bytes of a response, read as they arrive, before `deadline` (time.monotonic())."""
+    data = bytearray()
+    while chunk := response.read1(min(CHUNK, limit + 1 - len(data))):
+        data += chunk
+        if len(data) > limit:
+            raise DownloadError(f"{what} is larger than {limit} bytes; refusing it.")
+        if time.monotonic() > deadline:
+            raise DownloadError(f"{what} did not arrive within the --deadline.")
+        if len(data) == limit + 1:
+            break
+    return bytes(data)
+
+
+def fetch_json(url: str, timeout: float, deadline: float):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.loads(read_bounded(response, MAX_LISTING_BYTES, time.monotonic() + deadline, url))
+    except urllib.error.HTTPError as e:
+        error = NotFound if e.code == 404 else DownloadError
+        raise error(f"{url} answered HTTP {e.code} ({e.reason}).") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", e)
+        raise DownloadError(f"Could not reach {url} ({reason}); check the network connection, or the API address "
+                            "(--api, or the environment variable PSN_FIGSHARE_API).") from None
+    except (ValueError, RecursionError):
+        raise DownloadError(f"{url} did not return JSON; is --api right?") from None
+
+
+def _pages(base: str, timeout: float, deadline: float) -> list:
+    """/articles/{id}/files page by page: pages come back full until the last; an empty page, a
+    page seen before or MAX_PAGES end it (a server whose pages never end is not followed forever)."""
+    first = fetch_json(f"{base}/files", timeout, deadline)
+    if not isinstance(first, list):
+        return first
+    files, seen = list(first), {json.dumps(first, sort_keys=True)}
+    page, last = 1, first
+    while len(last) == DEFAULT_PAGE:
+        page += 1
+        if page > MAX_PAGES:
+            raise DownloadError(f"{base}/files did not end after {MAX_PAGES} pages; refusing the listing.")
+        last = fetch_json(f"{base}/files?page={page}&page_size={DEFAULT_PAGE}", timeout, deadline)
+        if not isinstance(last, list) or not last:
+            break
+        key = json.dumps(last, sort_keys=True)
+        if key in seen:
+            break
+        seen.add(key)
+        files += last
+    return files
+
+
+def check_name(name) -> str:
+    """A listed file name, refused unless it is a plain name that stays inside --dest."""
+    bad = (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+           or any(ord(c) < 32 or ord(c) == 127 for c in name) or os.path.isabs(name)
+           or len(name.encode("utf-8", "surrogatepass")) > 255 or name.endswith(".part"))
+    if bad:
+        raise DownloadError(f"The listing names a file {name!r}, which is not a plain file name; refusing the "
+                            "listing (nothing was written).")
+    return name
+
+
+def check_entry(f) -> dict:
+    """One listed file as {name, size, md5, url}, every field checked."""
+    if not isinstance(f, dict):
+        raise DownloadError(f"The listing holds {type(f).__name__} {str(f)[:60]!r} where a file record belongs.")
+    name = check_name(f.get("name"))
+    size = f.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_FILE_BYTES:
+        raise DownloadError(f"The listing gives {name!r} the size {size!r}; refusing the listing.")
+    md5 = f.get("computed_md5") or f.get("supplied_md5") or f.get("md5") or ""
+    if not isinstance(md5, str) or (md5 and not _MD5.fullmatch(md5.lower())):
+        raise DownloadError(f"The listing gives {name!r} the MD5 {md5!r}; refusing the listing.")
+    url = check_url(f.get("download_url"), f"The download URL of {name!r},")
+    return {"name": name, "size": size, "md5": md5.lower(), "url": url}
+
+
+def list_files(api: str, article: int, timeout: float, deadline: float = 600.0) -> list[dict]:
+    """The article's files: name, size, md5, url, each checked (see check_entry).
+
+    figshare lists them at /articles/{id}/files, 10 per page by default; where that
+    listing is missing, the article's own record at /articles/{id} carries them too.
+    """
+    base = f"{api.rstrip('/')}/articles/{article}"
+    try:
+        files = _pages(base, timeout, deadline)
+    except NotFound:
+        files = fetch_json(base, timeout, deadline)
+    if isinstance(files, dict):
+        files = files.get("files")
+    if not isinstance(files, list):
+        raise DownloadError(f"{base} did not list the article's files; is --api right?")
+    entries = [check_entry(f) for f in files]
+    names = [e["name"] for e in entries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DownloadError(f"The listing names {twice[0]!r} more than once; refusing the listing.")
+    return entries
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe(name: str) -> str:
+    """Which experiment a released file belongs to, from its name."""
+    low = name.lower()
+    if "dvs" in low:
+        return "cifar10dvs"
+    if "imagenet" in low or "resnet" in low or "sew" in low:
+        return "imagenet"
+    if "cifar" in low or "cf10" in low:
+        return "cifar10"
+    return "?"
+
+
+# Which released file is which model: the one place these rules live. `--list` shows each file's model,
+# hubconf.py's pretrained=True fetches by them, and the manifest this script writes records them. A model
+# is told by its experiment (describe) and, where one experiment released several, by T (CIFAR10-DVS) or
+# the ResNet depth (ImageNet) written in the name; only checkpoint-like files count.
+MODELS = {
+    "cifar10_psn": "CIFAR-10, CIFAR10Net (256 channels), PSN, T = 4",
+    "cifar10dvs_sliding_psn_t4": "CIFAR10-DVS, VGG with sliding PSN (order 2), T = 4",
+    "cifar10dvs_sliding_psn_t8": "CIFAR10-DVS, VGG with sliding PSN (order 2), T = 8",
+    "cifar10dvs_sliding_psn_t10": "CIFAR10-DVS, VGG with sliding PSN (order 2), T = 10",
+    "sew_resnet18_psn": "ImageNet, SEW ResNet-18 with PSN, T = 4",
+    "sew_resnet34_psn": "ImageNet, SEW ResNet-34 with PSN, T = 4",
+}
+# The settings of each model that its file may not tell (a CIFAR10-DVS file's T): the manifest records them,
+# and --test-only / --resume read them from there.
+MODEL_SETTINGS = {key: {"T": int(key.rsplit("_t", 1)[1])} for key in MODELS if key.startswith("cifar10dvs")}
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar", ".ckpt", ".pkl", ".bin")
+
+
+def model_of(name: str) -> str | None:
+    """The MODELS key of a listed file, or None when its name does not tell one."""
+    low = name.lower()
+    if not low.endswith(CHECKPOINT_SUFFIXES):
+        return None
+    experiment = describe(name)
+    if experiment == "cifar10dvs":
+        t = re.search(r"(?:^|[^a-z0-9])t[_-]?(\d+)(?![0-9])", low)
+        key = f"cifar10dvs_sliding_psn_t{t.group(1)}" if t else None
+        return key if key in MODELS else None
+    if experiment == "imagenet":
+        depth = re.search(r"(?:resnet|res|r)[_-]?(\d+)(?![0-9])", low) or re.search(r"(?:^|[^0-9])(18|34)(?![0-9])", low)
+        key = f"sew_resnet{depth.group(1)}_psn" if depth else None
+        return key if key in MODELS else None
+    return "cifar10_psn" if experiment == "cifar10" else None
+
+
+def find_model(files: list[dict], key: str) -> dict:
+    """The one listed file of model `key`; none or several is one sentence naming the candidates."""
+    found = [f for f in files if model_of(f["name"]) == key]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise DownloadError(f"Several files of the listing look like {MODELS[key]}: "
+                            f"{', '.join(f['name'] for f in found)}; download the right one by name with --filter.")
+    names = ", ".join(f["name"] for f in files[:20]) or "none"
+    raise DownloadError(f"No file of the listing is recognisably {MODELS[key]} (the rules are MODELS in "
+                        f"common/download.py); the listing holds: {names}.")
+
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(dest: Path) -> dict:
+    """{name: {size, md5, model, url}} of the files this script fetched into `dest` (empty when none or damaged)."""
+    try:
+        with (Path(dest) / MANIFEST).open("rb") as f:
+            data = json.loads(f.read(1 << 20))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        return {}
+    kept = {}
+    for name, entry in files.items():
+        try:
+            kept[check_name(name)] = entry if isinstance(entry, dict) else {}
+        except DownloadError:  # a name that is no plain file name: not ours to follow
+            continue
+    return kept
+
+
+def record_in_manifest(dest: Path, entry: dict) -> None:
+    """Note a verified file in `dest`/manifest.json (atomically): which model it is, its size and MD5."""
+    files = read_manifest(dest)
+    model = model_of(entry["name"])
+    files[entry["name"]] = {"size": entry["size"], "md5": entry["md5"], "model": model, "url": entry["url"],
+                            "settings": MODEL_SETTINGS.get(model, {})}
+    tmp = Path(dest) / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"article": ARTICLE, "files": files}, indent=1, sort_keys=True))
+    os.replace(tmp, Path(dest) / MANIFEST)
+
+
+def fetch_model(key: str, dest: Path, api: str | None = None, timeout: float = 60.0, retries: int = 3,
+                quiet: bool = True) -> Path:
+    """The released file of model `key` in `dest`: from there when the manifest knows it and its MD5 still
+    matches (no request at all), otherwise listed, downloaded (resumable, MD5-checked) and recorded."""
+    dest = Path(dest)
+    for name, entry in read_manifest(dest).items():
+        path = dest / name
+        if entry.get("model") == key and model_of(name) == key and path.is_file() \
+                and path.stat().st_size == entry.get("size") and md5_of(path) == entry.get("md5"):
+            return path
+    api = check_url(api or default_api(), "The figshare API address")
+    entry = find_model(list_files(api, ARTICLE, timeout), key)
+    prepare_dest(dest)
+    fetch(entry, dest, timeout, quiet, retries)
+    return dest / entry["name"]
+
+
+def fetch(entry: dict, dest: Path, timeout: float, quiet: bool, retries: int, deadline: float = 24 * 3600.0,
+          on_cut=lambda error: None) -> str:
+    """`download`, a cut transfer resumed at once up to `retries` times (`on_cut` told of each), and the
+    verified file recorded in the manifest. Returns 'skipped' or 'downloaded'; raises DownloadError."""
+    def once() -> str:
+        outcome = download(entry, dest, timeout, quiet, deadline)
+        record_in_manifest(dest, entry)
+        return outcome
+
+    for _ in range(retries):
+        try:
+            return once()
+        except TransferCut as e:
+            on_cut(e)
+    return once()
+
+
+def default_api() -> str:
+    """figshare's API, or the mirror PSN_FIGSHARE_API names (the tests' local server, say)."""
+    return os.environ.get("PSN_FIGSHARE_API") or API
+
+
+def _inside(dest: Path, name: str) -> Path:
+    path = dest / name
+    if path.parent.resolve() != dest.resolve():  # check_name already ensures it; belt and braces
+        raise DownloadError(f"{name!r} would land outside {dest}; refusing it.")
+    return path
+
+
+def download(entry: dict, dest: Path, timeout: float, quiet: bool, deadline: float = 24 * 3600.0) -> str:
+    """Fetch one file; returns 'skipped' or 'downloaded'; raises DownloadError, leaving nothing half-renamed."""
+    target, part = _inside(dest, entry["name"]), _inside(dest, entry["name"] + ".part")
+    if target.is_file() and target.stat().st_size == entry["size"] and (not entry["md5"] or md5_of(target) == entry["md5"]):
+        return "skipped"
+    if part.is_symlink() or (part.exists() and not part.is_file()):
+        raise DownloadError(f"{part} is not a regular file; move it away and run again.")
+    offset = part.stat().st_size if part.exists() else 0
+    if offset > entry["size"]:
+        part.unlink()
+        offset = 0
+    ends_at = time.monotonic() + deadline
+    request = urllib.request.Request(entry["url"])
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset == entry["size"]:  # the .part is already whole
+            response = None
+        else:
+            raise DownloadError(f"{entry['name']}: HTTP {e.code} ({e.reason}).") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise DownloadError(f"{entry['name']}: could not connect ({getattr(e, 'reason', e)}).") from None
+    if response is not None:
+        with response:
+            if offset and response.status != 206:  # the server ignored Range: start again
+                offset = 0
+            _receive(response, entry, part, offset, ends_at, quiet)
+    size = part.stat().st_size
+    if size != entry["size"]:
+        raise TransferCut(f"{entry['name']}: transfer cut at {size} of {entry['size']} bytes; run again to resume.")
+    if entry["md5"] and md5_of(part) != entry["md5"]:
+        part.unlink()
+        raise DownloadError(f"{entry['name']}: MD5 mismatch (expected {entry['md5']}); the corrupt download was "
+                            "removed, run again to fetch it anew.")
+    os.replace(part, target)
+    return "downloaded"
+
+
+def _receive(response, entry: dict, part: Path, offset: int, ends_at: float, quiet: bool) -> None:
+    """Append the body to `part`, never past the listed size; a longer body is an error and the partial
+    file goes; a slow one is stopped at the deadline (the .part stays, for a resume)."""
+    bar = tqdm(total=entry["size"], initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+               desc=entry["name"], disable=quiet, leave=True)
+    written = offset
+    try:
+        with part.open("ab" if offset else "wb") as f:
+            while True:
+                chunk = response.read1(min(CHUNK, entry["size"] - written + 1))
+                if not chunk:
+                    break
+                if written + len(chunk) > entry["size"]:
+                    f.close()
+                    part.unlink()
+                    raise DownloadError(f"{entry['name']}: the server sent more than the {entry['size']} bytes it "
+                                        "listed; the partial file was removed.")
+                f.write(chunk)
+                written += len(chunk)
+                bar.update(len(chunk))
+                if time.monotonic() > ends_at:
+                    raise DeadlinePassed(f"{entry['name']}: not complete within the --deadline ({written} of "
+                                      f"{entry['size']} bytes); run again to resume.")
+    except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
+        if getattr(e, "errno", None) == 28:  # ENOSPC
+            raise DownloadError(f"{entry['name']}: the disk holding {part.parent} is full.") from None
+        raise TransferCut(f"{entry['name']}: transfer cut at {written} of {entry['size']} bytes ({e}); run again "
+                          "to resume.") from None
+    finally:
+        bar.close()
+
+
+def prepare_dest(dest: Path) -> None:
+    """`dest` made if missing; one that is not a writable folder is one sentence."""
+    if dest.exists() and not dest.is_dir():
+        raise DownloadError(f"--dest {dest} exists and is not a folder.")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"Could not create --dest {dest} ({e.strerror}).") from None
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise DownloadError(f"--dest {dest} is not writable.")
