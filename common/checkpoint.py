@@ -12,8 +12,10 @@ Layouts:
 - `ours`: {'format': FORMAT, 'model', 'optimizer', 'scaler', 'model_ema', the run state's
   fields under their keys ('task', 'epoch' (the last finished, -1 before the first), 'step',
   'epoch_sums', 'step_samples', 'best_acc1', 'args', 'model_settings', 'task_state', 'rng',
-  'provenance': see common.run_state), 'digest' (SHA-256 of everything else)}. Files written
-  before 'task', 'model_settings', 'provenance' and 'digest' existed load too.
+  'provenance': see common.run_state), 'digest' (SHA-256 of everything else)}. A file of
+  FORMAT without its digest, or with our fields and no format, is refused; files of
+  LEGACY_FORMAT, written before 'task', 'model_settings', 'provenance' or 'digest' existed,
+  load too.
 - `net` (original cifar10 / sequential_cifar scripts): {'net', 'optimizer',
   'lr_scheduler', 'epoch', 'max_test_acc' (a fraction)}
 - `model_dvs` (original CIFAR10-DVS script): {'model', 'optimizer', 'scheduler',
@@ -34,11 +36,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_checks import field_problems, is_state_dict, show
+from .checkpoint_checks import field_problems, is_state_dict, overlapping_view, show
 from .errors import UserError
 from .run_state import RunState
 
-FORMAT = "psn-repro/1"
+FORMAT = "psn-repro/2"  # every file of this format carries its digest: one without it is refused
+LEGACY_FORMAT = "psn-repro/1"  # files of earlier versions, some written before the digest existed
+# Keys only this project's files have: a file holding them without a 'format' key had it deleted.
+_OURS_ONLY = ("digest", "task_state", "step_samples", "epoch_sums", "model_settings", "provenance")
 # What a checkpoint may contain beyond tensors and containers of primitives: the
 # original ImageNet script pickled its argparse.Namespace.
 SAFE_GLOBALS = [argparse.Namespace]
@@ -69,7 +74,7 @@ class Checkpoint:
     def from_dict(cls, path: Path | None, raw) -> tuple["Checkpoint", list[str]]:
         """Name the layout of a loaded object and take its fields; returns the checkpoint and what is wrong with
         its run state (its weights and optimizer are checked by read_checkpoint)."""
-        if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        if isinstance(raw, dict) and raw.get("format") in (FORMAT, LEGACY_FORMAT):
             state, problems = RunState.from_record(raw)
             return cls(path, "ours", raw.get("model"), state, raw.get("optimizer"), raw.get("scaler"),
                        raw.get("model_ema")), problems
@@ -118,21 +123,38 @@ def _percent(fraction):
 
 # --- integrity -----------------------------------------------------------------------------------
 
+# What the digest walks at most: a real checkpoint holds thousands of objects, nested a few levels deep; a
+# crafted one can hold shared references that unfold to more nodes than there are atoms.
+DIGEST_MAX_NODES = 1_000_000  # SEW ResNet-152 with its momenta and EMA: 9,564
+DIGEST_MAX_DEPTH = 64
+
+
+class Unwalkable(ValueError):
+    """A checkpoint's contents that no digest should walk: too many nodes, too deep, or an overlapping view."""
+
+
 def content_digest(obj) -> str:
     """SHA-256 over a checkpoint's contents: every tensor's dtype, shape and bytes, every other value's
     type and repr, in order. A byte changed on disk (or in transfer) changes it; torch.load does not
-    check the CRCs of the zip container it reads."""
+    check the CRCs of the zip container it reads. Raises Unwalkable past DIGEST_MAX_NODES nodes (a shared
+    object counted each time it is reached) or DIGEST_MAX_DEPTH levels, or at an overlapping tensor view."""
     h = hashlib.sha256()
-    _feed(h, {k: v for k, v in obj.items() if k != "digest"} if isinstance(obj, dict) else obj)
+    budget = [DIGEST_MAX_NODES]
+    _feed(h, {k: v for k, v in obj.items() if k != "digest"} if isinstance(obj, dict) else obj, budget, 0)
     return "sha256:" + h.hexdigest()
 
 
-def _feed(h, obj) -> None:
+def _feed(h, obj, budget: list, depth: int) -> None:
+    budget[0] -= 1
+    if budget[0] < 0 or depth > DIGEST_MAX_DEPTH:
+        raise Unwalkable(f"more than {DIGEST_MAX_NODES} objects or {DIGEST_MAX_DEPTH} levels of nesting")
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
         if t.layout != torch.strided or t.is_meta:
             h.update(f"<tensor {t.layout} {t.device.type}>".encode())
             return
+        if overlapping_view(t):
+            raise Unwalkable(f"a tensor view of {t.numel()} elements over a smaller storage")
         t = t.cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
         if t.numel():
@@ -140,13 +162,13 @@ def _feed(h, obj) -> None:
     elif isinstance(obj, dict):
         h.update(b"{%d" % len(obj))
         for key, value in obj.items():
-            _feed(h, key)
-            _feed(h, value)
+            _feed(h, key, budget, depth + 1)
+            _feed(h, value, budget, depth + 1)
         h.update(b"}")
     elif isinstance(obj, (list, tuple)):
         h.update(b"[%d" % len(obj) if isinstance(obj, list) else b"(%d" % len(obj))
         for value in obj:
-            _feed(h, value)
+            _feed(h, value, budget, depth + 1)
         h.update(b"]")
     else:
         h.update(f"{type(obj).__name__}:{obj!r};".encode())
@@ -210,8 +232,20 @@ def read_checkpoint(path) -> Checkpoint:
                         f"all, so it was not loaded: {_first_line(e)}") from None
     except Exception as e:  # noqa: BLE001 - damaged bytes fail inside torch.load in any way (KeyError, AssertionError, ...)
         raise UserError(f"Checkpoint {path} is not readable (truncated or corrupted?): {_first_line(e)}.") from None
-    if isinstance(raw, dict) and raw.get("format") == FORMAT and "digest" in raw:
-        if not isinstance(raw["digest"], str) or content_digest(raw) != raw["digest"]:
+    if isinstance(raw, dict) and "format" not in raw and any(key in raw for key in _OURS_ONLY):
+        found = ", ".join(key for key in _OURS_ONLY if key in raw)
+        raise UserError(f"Checkpoint {path} holds this project's fields ({found}) but no 'format' key: it was "
+                        "altered, so it was not used; use another copy.")
+    if isinstance(raw, dict) and raw.get("format") == FORMAT and "digest" not in raw:
+        raise UserError(f"Checkpoint {path} lacks the digest that every file of its format ({FORMAT}) carries: it "
+                        "was altered, so it was not used; use another copy.")
+    if isinstance(raw, dict) and raw.get("format") in (FORMAT, LEGACY_FORMAT) and "digest" in raw:
+        try:
+            digest = content_digest(raw)
+        except Unwalkable as e:
+            raise UserError(f"Checkpoint {path} is damaged or crafted: it holds {e}, which no checkpoint does; it "
+                            "was not used.") from None
+        if not isinstance(raw["digest"], str) or digest != raw["digest"]:
             raise UserError(f"Checkpoint {path} is corrupted: its contents no longer match the digest recorded when "
                             "it was saved (a byte changed on disk or in transfer); use another copy.")
     ckpt, problems = Checkpoint.from_dict(path, raw)

@@ -29,15 +29,45 @@ def is_state_dict(obj) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
+def overlapping_view(t: torch.Tensor) -> bool:
+    """A tensor with more elements than the storage it views (stride 0, overlapping strides): a few bytes on
+    disk that any elementwise check or copy would blow up (1e10 elements from one float, say)."""
+    return t.numel() > t.untyped_storage().nbytes() // max(t.element_size(), 1)
+
+
 def tensor_problem(t: torch.Tensor) -> str | None:
-    """Why a tensor from a file cannot be used as weights or state: sparse, meta, or not finite."""
+    """Why a tensor from a file cannot be used as weights or state: sparse, meta, an overlapping view, or not
+    finite (checked in that order: nothing is materialised before the view is known to be plain)."""
     if t.layout != torch.strided:
         return f"a {str(t.layout).replace('torch.', '')} tensor"
     if t.is_meta:
         return "a tensor without data (meta)"
+    if overlapping_view(t):
+        return f"a view of {t.numel()} elements over a storage of fewer (overlapping strides)"
     if (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t).all()):
         return "NaN or infinite values"
     return None
+
+
+def plain_tree(obj, max_nodes: int, max_depth: int) -> bool:
+    """Whether `obj` is JSON-like (dicts with string keys, lists, strings, numbers, booleans, None) with at most
+    `max_nodes` nodes and `max_depth` levels, counting a shared object each time it is reached: a small file
+    can hold a graph of shared references that unfolds to more nodes than there are atoms."""
+    budget, stack = max_nodes, [(obj, 0)]
+    while stack:
+        node, depth = stack.pop()
+        budget -= 1
+        if budget < 0 or depth > max_depth:
+            return False
+        if isinstance(node, dict):
+            if not all(isinstance(k, str) for k in node):
+                return False
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+        elif not (node is None or isinstance(node, (bool, int, float, str))):
+            return False
+    return True
 
 
 def tensors_problem(tensors: dict, what: str) -> str | None:

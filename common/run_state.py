@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .checkpoint_checks import MAX_EPOCH, MAX_SAMPLES, MAX_STEP, is_int, is_number, rng_ok, show
+from .checkpoint_checks import MAX_EPOCH, MAX_SAMPLES, MAX_STEP, is_int, is_number, plain_tree, rng_ok, show
 
 _ABSENT = object()  # a key the file does not have
 
@@ -100,7 +100,14 @@ def _task_state(value) -> bool:
 
 
 def _records(value) -> bool:
-    return isinstance(value, list) and all(isinstance(r, dict) for r in value)
+    """Provenance: one record per segment (common.provenance.segment), JSON-like and small, with `code` and
+    `versions` the mappings that a resume compares."""
+    return isinstance(value, list) and len(value) <= 10_000 and all(
+        isinstance(r, dict) and plain_tree(r, max_nodes=100_000, max_depth=8)
+        and (r.get("code") is None or isinstance(r["code"], dict))
+        and (r.get("versions") is None or isinstance(r["versions"], dict) and all(
+            v is None or isinstance(v, (str, int, float)) for v in r["versions"].values()))
+        for r in value)
 
 
 @dataclass

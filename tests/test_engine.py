@@ -11,7 +11,7 @@ from cifar10 import train as cifar10_train
 from cifar10.models import CIFAR10Net
 from common.engine import TrainingDiverged
 from common.run import run
-from common.checkpoint import FORMAT, read_checkpoint, save_checkpoint
+from common.checkpoint import LEGACY_FORMAT, read_checkpoint, save_checkpoint
 from common.weights import load_model_weights
 from common.distributed import DistEnv, ShardSampler, convert_sync_batchnorm
 from common.errors import UserError
@@ -56,7 +56,7 @@ def test_every_layout_loads_to_the_same_weights(layout, tmp_path):
                            "test_acc5_at_max_test_acc1": 80.0},
         "bare": net.state_dict(),
         "ddp_bare": {f"module._orig_mod.{k}": v for k, v in net.state_dict().items()},
-        "ours": {"format": FORMAT, "model": net.state_dict(), "epoch": 5, "best_acc1": 50.0},
+        "ours": {"format": LEGACY_FORMAT, "model": net.state_dict(), "epoch": 5, "best_acc1": 50.0},
     }[layout]
     torch.save(obj, tmp_path / "c.pth")
     fresh = CIFAR10Net(channels=4, T=2)
@@ -164,7 +164,7 @@ def test_the_original_command_parses_to_the_same_settings():
 
 
 def _valid_checkpoint() -> dict:
-    return {"format": FORMAT, "model": CIFAR10Net(channels=4, T=2).state_dict(), "optimizer": None, "scaler": None,
+    return {"format": LEGACY_FORMAT, "model": CIFAR10Net(channels=4, T=2).state_dict(), "optimizer": None, "scaler": None,
             "epoch": 0, "step": 0, "epoch_sums": None, "best_acc1": 10.0, "args": {"channels": 4},
             "task_state": {"last_acc1": 10.0}, "rng": {"torch": torch.get_rng_state()}, "model_ema": None}
 

@@ -127,9 +127,9 @@ def test_a_hung_ddp_peer_ends_the_run_with_one_error_line_within_the_dist_timeou
 
 def test_crafted_checkpoint_and_unusable_output_dir_end_in_one_sentence(tmp_path):
     net = torch.nn.Linear(1, 1)  # whatever the model: the epoch is refused before the weights are looked at
-    from common.checkpoint import FORMAT
+    from common.checkpoint import LEGACY_FORMAT
 
-    torch.save({"format": FORMAT, "model": net.state_dict(), "epoch": 10**30, "best_acc1": 1.0}, tmp_path / "e.pth")
+    torch.save({"format": LEGACY_FORMAT, "model": net.state_dict(), "epoch": 10**30, "best_acc1": 1.0}, tmp_path / "e.pth")
     started = time.monotonic()
     _fails_cleanly(run_script(SCRIPT, *QUICK, "--resume", tmp_path / "e.pth", check=False),
                    "epoch must be an integer from -1 to", "found 1000000000000000000000000000000")

@@ -129,10 +129,10 @@ def test_explicit_flags_win_unless_they_contradict_the_model():
 def test_test_only_takes_the_model_from_our_checkpoint(tmp_path):
     from cifar10 import train as cifar10
     from cifar10.models import CIFAR10Net
-    from common.checkpoint import FORMAT
+    from common.checkpoint import LEGACY_FORMAT
 
     args = dict(cifar10.TASK.parse(QUICK))
-    torch.save({"format": FORMAT, "model": CIFAR10Net(8, 4).state_dict(), "epoch": 0, "best_acc1": 10.0,
+    torch.save({"format": LEGACY_FORMAT, "model": CIFAR10Net(8, 4).state_dict(), "epoch": 0, "best_acc1": 10.0,
                 "args": args, "task_state": {}}, tmp_path / "c8.pth")
     bare = ["--dataset", "digits", "--workers", "0", "--device", "cpu"]  # no --channels 8
     record = last_json(run_script("cifar10/train.py", *bare, "--test-only", "--resume", tmp_path / "c8.pth").stdout)

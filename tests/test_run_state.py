@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, script_env
 
 from common import cli
-from common.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
+from common.checkpoint import LEGACY_FORMAT, Checkpoint, read_checkpoint, save_checkpoint
 from common.errors import UserError
 from common.run_state import EpochSums, RunState
 from common.settings import from_command_line, resolve
@@ -48,6 +48,7 @@ def _saved(record: dict, path: Path) -> Path:
 def test_a_file_from_before_a_field_existed_loads_with_its_default_and_a_missing_epoch_is_damage(tmp_path):
     record = Checkpoint(None, "ours", {"w": torch.ones(2)}, _mid_epoch_state()).to_dict()
     old = {k: v for k, v in record.items() if k not in ("task", "model_settings", "provenance", "digest")}
+    old["format"] = LEGACY_FORMAT  # as the versions before those fields wrote it
     state = read_checkpoint(_saved(old, tmp_path / "old.pth")).state
     assert state.task is None and state.model_settings == {} and state.provenance == [] and state.position == (3, 7)
     no_epoch = {k: v for k, v in old.items() if k != "epoch"}
