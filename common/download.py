@@ -57,11 +57,40 @@ class DeadlinePassed(DownloadError):
 
 
 def check_url(url, what: str) -> str:
-    parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or any(
-            ord(c) < 33 or ord(c) == 127 for c in url):
-        raise DownloadError(f"{what} {url!r} is not an http(s) URL; refusing it.")
+    """An http(s) URL with a host that can be asked for: ASCII and printable, no spaces, labels of at most 63
+    characters; anything else (a malformed IPv6 literal, an IDN host) is one sentence, never a traceback."""
+    try:
+        parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+        host = parts.hostname if parts is not None else None
+        _ = parts.port if parts is not None else None  # a port that is no number raises here
+    except ValueError:
+        parts = host = None
+    ok = (parts is not None and parts.scheme in ("http", "https") and bool(host) and url.isascii()
+          and url.isprintable() and " " not in url and len(url) <= 2048
+          and (":" in host or all(0 < len(label) <= 63 for label in host.rstrip(".").split("."))))
+    if not ok:
+        raise DownloadError(f"{what} {redacted(url)!r} is not an http(s) URL this downloader can use; refusing it.")
     return url
+
+
+def redacted(url) -> str:
+    """A URL as messages show it: without the user:password@ it may carry."""
+    if not isinstance(url, str):
+        return url
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1***@", url)
+
+
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Redirects are followed to http(s) only: urllib alone would follow one to ftp://."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
+            raise urllib.error.HTTPError(newurl, code, f"a redirect to {redacted(newurl)!r}, which is not http(s)",
+                                         headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
 
 
 def read_bounded(response, limit: int, deadline: float, what: str) -> bytes:
@@ -80,17 +109,17 @@ def read_bounded(response, limit: int, deadline: float, what: str) -> bytes:
 
 def fetch_json(url: str, timeout: float, deadline: float):
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return json.loads(read_bounded(response, MAX_LISTING_BYTES, time.monotonic() + deadline, url))
+        with _OPENER.open(url, timeout=timeout) as response:
+            return json.loads(read_bounded(response, MAX_LISTING_BYTES, time.monotonic() + deadline, redacted(url)))
     except urllib.error.HTTPError as e:
         error = NotFound if e.code == 404 else DownloadError
-        raise error(f"{url} answered HTTP {e.code} ({e.reason}).") from None
+        raise error(f"{redacted(url)} answered HTTP {e.code} ({e.reason}).") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
-        raise DownloadError(f"Could not reach {url} ({reason}); check the network connection, or the API address "
-                            "(--api, or the environment variable PSN_FIGSHARE_API).") from None
+        raise DownloadError(f"Could not reach {redacted(url)} ({reason}); check the network connection, or the API "
+                            "address (--api, or the environment variable PSN_FIGSHARE_API).") from None
     except (ValueError, RecursionError):
-        raise DownloadError(f"{url} did not return JSON; is --api right?") from None
+        raise DownloadError(f"{redacted(url)} did not return JSON; is --api right?") from None
 
 
 def _pages(base: str, timeout: float, deadline: float) -> list:
@@ -117,10 +146,13 @@ def _pages(base: str, timeout: float, deadline: float) -> list:
 
 
 def check_name(name) -> str:
-    """A listed file name, refused unless it is a plain name that stays inside --dest."""
+    """A listed file name, refused unless it is a plain name that stays inside --dest: printable (no control
+    characters, line separators or bidi overrides), short enough for its `.part` to fit a file system's 255
+    bytes, and none of the downloader's own files (the manifest, its temporary, a `.part`)."""
     bad = (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-           or any(ord(c) < 32 or ord(c) == 127 for c in name) or os.path.isabs(name)
-           or len(name.encode("utf-8", "surrogatepass")) > 255 or name.endswith(".part"))
+           or not name.isprintable() or os.path.isabs(name)
+           or len(name.encode("utf-8", "surrogatepass")) > 255 - len(".part") or name.endswith(".part")
+           or name in (MANIFEST, f".{MANIFEST}.tmp"))
     if bad:
         raise DownloadError(f"The listing names a file {name!r}, which is not a plain file name; refusing the "
                             "listing (nothing was written).")
@@ -328,7 +360,7 @@ def download(entry: dict, dest: Path, timeout: float, quiet: bool, deadline: flo
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = _OPENER.open(request, timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset == entry["size"]:  # the .part is already whole
             response = None

@@ -22,6 +22,14 @@ def one_sentence(error: UserError) -> str:
     return message
 
 
+def one_line(text: str) -> str:
+    """`text` with every character that is not printable escaped (a newline as \\n): a path or a value from
+    outside cannot split the sentence that names it, nor forge the next line of the output."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def exits_cleanly(main):
     """Wrap a command's main(): a UserError prints `error: <sentence>` on stderr and exits with its code
     (2); a run stopped by a signal prints what it saved and how to resume, and exits with 128 + signal."""
@@ -32,7 +40,7 @@ def exits_cleanly(main):
         try:
             return main(*args, **kwargs)
         except UserError as e:
-            print(f"error: {one_sentence(e)}", file=sys.stderr, flush=True)
+            print(f"error: {one_line(one_sentence(e))}", file=sys.stderr, flush=True)
             sys.exit(e.exit_code)
         except RunStopped as e:
             ignore_further_signals()

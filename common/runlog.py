@@ -27,24 +27,45 @@ def strict_json(record: dict) -> str:
     return json.dumps(record)
 
 
+def shell_word(text: str) -> str:
+    """`text` as one shell word on one line: quoted as usual, or, where it holds a newline or another character
+    that is not printable, in bash's $'...' form with that character escaped (it cannot start a line of its
+    own in a run file, nor forge one)."""
+    if text.isprintable():
+        return shlex.quote(text)
+    out = []
+    for c in text:
+        if c in "\\'":
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        else:
+            code = ord(c)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "$'" + "".join(out) + "'"
+
+
 def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in sys.argv)
+    return " ".join(shell_word(a) for a in sys.argv)
 
 
 def write_args(run_dir: Path, settings: dict, resumed_from: str | None, task: str,
                provenance: dict | None = None) -> None:
     """args.txt: the task and settings as JSON, the command line, and a `# provenance: {...}` line (code,
-    libraries, machine); a resume appends its own three lines."""
+    libraries, machine); a resume appends its own three lines. Each is one line whatever the values hold
+    (JSON escapes, the command line is shell-quoted with $'...' where needed)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / ARGS
     record = json.dumps({"task": task, **settings}, sort_keys=True, default=str)
     made = f"# provenance: {json.dumps(provenance, sort_keys=True)}\n" if provenance is not None else ""
+    source = shell_word(str(resumed_from)) if resumed_from is not None and not str(resumed_from).isprintable() \
+        else resumed_from
     if resumed_from is None or not path.exists():
-        origin = f"# started from {resumed_from}\n" if resumed_from is not None else ""
+        origin = f"# started from {source}\n" if resumed_from is not None else ""
         path.write_text(f"{origin}{record}\n{command_line()}\n{made}")
     else:
         with path.open("a") as f:
-            f.write(f"# resumed from {resumed_from}\n{record}\n{command_line()}\n{made}")
+            f.write(f"# resumed from {source}\n{record}\n{command_line()}\n{made}")
 
 
 def write_code_diff(run_dir: Path, diff: str, segment: int) -> Path:

@@ -184,6 +184,11 @@ def check(settings: Settings) -> None:
                 bad.append(f"{flag.name} must lie {flag.bounds} (got {_show(value)})")
     if settings.get("warmup_epochs", 0) and settings.warmup_epochs >= settings.epochs:
         bad.append("--warmup-epochs must be fewer than --epochs")
+    name = settings.get("run_name")
+    if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name
+                             or not name.isprintable() or len(name.encode()) > 255):
+        bad.append(f"--run-name {_show(name)} must be a plain folder name (no '/', not '.' or '..', printable, at "
+                   "most 255 bytes): the run directory is made inside --output-dir")
     if settings.get("test_only") and not settings.get("resume"):
         bad.append("--test-only needs --resume CHECKPOINT (the weights to evaluate)")
     if "device" in settings:

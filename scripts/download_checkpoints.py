@@ -40,14 +40,14 @@ from common.download import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _positive(kind):
+def _positive(kind, high: float):
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value > 0 or value != value or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"{text} must be a positive, finite number")
+        if not 0 < value <= high:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"{text} must be a positive number, at most {high:g}")
         return value
     return parse
 
@@ -69,10 +69,11 @@ def main(argv=None) -> int:
     p.add_argument("--filter", default=None, help="only files whose name contains this text (or matches this glob)")
     p.add_argument("--dest", default=str(ROOT / "checkpoints"), help="destination folder")
     p.add_argument("--api", default=default_api(), help="figshare API base URL (environment: PSN_FIGSHARE_API)")
-    p.add_argument("--article", type=_positive(int), default=ARTICLE, help="the figshare article of the checkpoints")
-    p.add_argument("--timeout", type=_positive(float), default=60.0,
+    p.add_argument("--article", type=_positive(int, 10**12), default=ARTICLE,
+                   help="the figshare article of the checkpoints")
+    p.add_argument("--timeout", type=_positive(float, 24 * 3600.0), default=60.0,
                    help="seconds a single read may wait before the connection is given up")
-    p.add_argument("--deadline", type=_positive(float), default=6 * 3600.0,
+    p.add_argument("--deadline", type=_positive(float, 30 * 24 * 3600.0), default=6 * 3600.0,
                    help="seconds one file (or the listing) may take in all; a file cut there resumes on the next run")
     p.add_argument("--retries", type=_non_negative_int, default=3,
                    help="times a cut transfer is resumed at once (HTTP Range)")

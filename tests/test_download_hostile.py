@@ -100,7 +100,8 @@ def files_under(path):
 
 @pytest.mark.parametrize("name", ["../../../escaped.pth", "../common/errors.py", "/tmp/absolute.pth", "sub/dir.pth",
                                   "back\\slash.pth", "nul\x00.pth", "bell\x07.pth", ".", "..", "", 123, None,
-                                  "x" * 300, "ckpt.pth.part"])
+                                  "x" * 300, "x" * 251, "ckpt.pth.part", "manifest.json", ".manifest.json.tmp",
+                                  "evil\u202egnp.pth", "line\u2028sep.pth", "del\x7f.pth"])
 def test_a_listed_name_that_is_not_a_plain_file_name_is_refused(hostile, tmp_path, name):
     hostile.listing = lambda page: [hostile.entry("fine.pth", 3), hostile.entry(name, 3)]
     hostile.files["x"] = lambda h: h.send(b"abc")
@@ -117,7 +118,8 @@ def test_repeated_names_are_refused(hostile, tmp_path):
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/x", "javascript:alert(1)", 7, None,
-                                 "http://", "http://host/a b"])
+                                 "http://", "http://host/a b", "http://[::1/x", f"http://{'a' * 70}.org/x",
+                                 "http://ünïcode.org/x", "http://host:port/x"])
 def test_download_urls_must_be_http(hostile, tmp_path, url):
     hostile.listing = lambda page: [{"name": "a.pth", "size": 3, "download_url": url}]
     fails_cleanly(fetch(hostile, tmp_path / "d"), "'a.pth'")
@@ -199,3 +201,25 @@ def test_a_dest_that_is_a_file_is_refused(hostile, tmp_path):
     (tmp_path / "d").write_text("mine")
     fails_cleanly(fetch(hostile, tmp_path / "d"), "not a folder")
     assert (tmp_path / "d").read_text() == "mine"
+
+
+def test_a_redirect_to_anything_but_http_is_not_followed(hostile, tmp_path):
+    def redirect(h):
+        h.send_response(302)
+        h.send_header("Location", "ftp://127.0.0.1/secret")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    hostile.listing = lambda page: [hostile.entry("a.pth", 3)]
+    hostile.files["x"] = redirect
+    fails_cleanly(fetch(hostile, tmp_path / "d"), "a.pth", "redirect to 'ftp://127.0.0.1/secret'", "not http(s)")
+    assert not (tmp_path / "d" / "a.pth").exists()
+
+
+@pytest.mark.parametrize("flags,fragment", [(["--timeout", "1e10"], "--timeout"), (["--deadline", "nan"], "--deadline"),
+                                            (["--api", "http://[::1"], "'http://[::1'"),
+                                            (["--api", "http://user:secret@[::1"], "***@")])
+def test_flags_out_of_range_are_one_line(hostile, tmp_path, flags, fragment):
+    out = fetch(hostile, tmp_path / "d", *flags)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and fragment in out.stderr, out.stderr
+    assert "secret" not in out.stderr

@@ -92,3 +92,85 @@ def test_a_copy_outside_git_records_that_it_has_no_commit(tmp_path):
     out = last_json(_train(repo, "--epochs", 1, "--output-dir", tmp_path / "runs", "--run-name", "r").stdout)
     code = out["provenance"][0]["code"]
     assert code["commit"] is None and "not a git checkout" in code["source"]
+
+
+# --- git as it is found on users' machines: their configuration, their environment, their file names -----
+
+def _repo_with_a_commit(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "common").mkdir(parents=True)
+    (repo / "common" / "model.py").write_text("WIDTH = 1\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "first")
+    return repo
+
+
+def _state_of(repo, monkeypatch):
+    from common import provenance
+
+    monkeypatch.setattr(provenance, "ROOT", repo)
+    return provenance.code_state()
+
+
+def test_git_runs_none_of_the_users_programs(tmp_path, monkeypatch):
+    repo = _repo_with_a_commit(tmp_path)
+    marker = tmp_path / "ran"
+    hook = f"sh -c 'touch {marker}; echo HIJACKED'"
+    for key, value in (("diff.external", hook), ("diff.evil.textconv", hook), ("core.fsmonitor", hook)):
+        _git(repo, "config", key, value)
+    (repo / ".gitattributes").write_text("*.py diff=evil\n")
+    _git(repo, "add", ".gitattributes")
+    _git(repo, "commit", "-q", "-m", "attributes")
+    (repo / "common" / "model.py").write_text("WIDTH = 2\n")
+    marker.unlink(missing_ok=True)  # the test's own git commands above ran the user's programs: ours must not
+    state, diff = _state_of(repo, monkeypatch)
+    assert state["dirty"] is True and "-WIDTH = 1" in diff and "+WIDTH = 2" in diff
+    assert "HIJACKED" not in diff and not marker.exists()
+
+
+def test_another_repository_named_by_the_environment_is_not_recorded(tmp_path, monkeypatch):
+    repo = _repo_with_a_commit(tmp_path)
+    other = _repo_with_a_commit(tmp_path / "elsewhere")
+    (other / "common" / "model.py").write_text("WIDTH = 3\n")
+    _git(other, "commit", "-qam", "other")
+    mine = _git(repo, "rev-parse", "HEAD")
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(other))
+    state, diff = _state_of(repo, monkeypatch)
+    assert state == {"commit": mine, "dirty": False, "untracked": []} and diff is None
+
+
+def test_every_new_file_is_in_the_diff_whatever_its_name(tmp_path, monkeypatch):
+    repo = _repo_with_a_commit(tmp_path)
+    names = ["with space.py", "ünïcode.py", 'qu"ote.py', " leading.py", "new\nline.py", "folder/a.py", "folder/b.py"]
+    for n, name in enumerate(names):
+        (repo / name).parent.mkdir(exist_ok=True)
+        (repo / name).write_text(f"VALUE_{n} = {n}\n")
+    state, diff = _state_of(repo, monkeypatch)
+    assert state["untracked"] == sorted(names) and state["dirty"] is True
+    for n in range(len(names)):
+        assert f"+VALUE_{n} = {n}" in diff, names[n]
+
+
+def test_a_file_too_large_is_named_and_the_small_edits_beside_it_are_kept(tmp_path, monkeypatch):
+    from common import provenance
+
+    repo = _repo_with_a_commit(tmp_path)
+    (repo / "common" / "model.py").write_text("WIDTH = 2\n")
+    (repo / "data.bin").write_bytes(b"\0" * (provenance.MAX_FILE_DIFF_BYTES + 1))
+    state, diff = _state_of(repo, monkeypatch)
+    assert state["dirty"] is True and "+WIDTH = 2" in diff
+    assert f"left out of this diff (too large, or git failed on them): data.bin " \
+           f"({provenance.MAX_FILE_DIFF_BYTES + 1} bytes)" in diff and len(diff) < 10_000
+
+
+def test_a_git_that_cannot_answer_is_recorded_as_such(tmp_path, monkeypatch):
+    repo = _repo_with_a_commit(tmp_path)
+    (repo / "common" / "model.py").write_text("WIDTH = 2\n")
+    (repo / ".git" / "index").write_bytes(b"DIRC garbage")  # a corrupt index: git status fails
+    state, diff = _state_of(repo, monkeypatch)
+    assert state["dirty"] is None and "unknown" in state["source"] and diff is None
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))
+    state, _ = _state_of(repo, monkeypatch)
+    assert state["commit"] is None and state["source"].startswith("git is not installed here")

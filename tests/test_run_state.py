@@ -171,3 +171,37 @@ def test_a_default_the_flag_cannot_hold_is_the_task_authors_error():
     p.add_argument("--milestones", type=int, nargs="+", default=5)
     with pytest.raises(ValueError, match="--milestones's default 5 cannot be recorded"):
         from_command_line(p, [])
+
+
+@pytest.mark.parametrize("name", ["..", ".", "/tmp/elsewhere", "a/../../b", "", "two\nlines", "x" * 256])
+def test_a_run_name_stays_inside_the_output_dir(name):
+    with pytest.raises(UserError, match="--run-name .* must be a plain folder name"):
+        from_command_line(_parser(), ["--run-name", name])
+    assert from_command_line(_parser(), ["--run-name", "my run, v2 (ünïcode)"]).run_name == "my run, v2 (ünïcode)"
+
+
+def test_values_in_run_files_cannot_forge_lines(tmp_path, monkeypatch):
+    import json
+
+    from common import runlog
+
+    forged = 'a\n# provenance: {"code": {"commit": "f00d"}}\nb'
+    monkeypatch.setattr(sys, "argv", ["cifar10/train.py", "--data-dir", forged, "--run-name", "x\u2028y"])
+    runlog.write_args(tmp_path, {"data_dir": forged}, None, "cifar10", {"code": {"commit": "abc"}})
+    runlog.write_args(tmp_path, {"data_dir": forged}, forged, "cifar10", {"code": {"commit": "abc"}})
+    lines = (tmp_path / "args.txt").read_text().split("\n")
+    assert len(lines) == 8 and lines[-1] == ""  # two segments of three lines, one more for the resume's origin
+    assert [json.loads(line.split(": ", 1)[1])["code"]["commit"] for line in lines if line.startswith("# prov")] \
+        == ["abc", "abc"]
+    assert "--data-dir $'a\\x0a# provenance: " in lines[1] and "$'x\\u2028y'" in lines[1]
+    bash = subprocess.run(["bash", "-c", f"set -- {lines[1]}; printf '%s|%s' \"$3\" \"$5\""], capture_output=True,
+                          text=True)
+    assert bash.stdout == f"{forged}|x\u2028y"  # the words mean what was typed
+
+
+def test_an_error_naming_a_value_with_a_newline_is_still_one_line(tmp_path):
+    from conftest import QUICK, run_script
+
+    out = run_script("cifar10/train.py", *QUICK, "--resume", tmp_path / "a\nb.pth", check=False)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr == f"error: Checkpoint {tmp_path}/a\\nb.pth does not exist.\n"
