@@ -241,7 +241,10 @@ def holder_is_gone(holder: str) -> bool:
     import socket
 
     host, _, pid = holder.partition(" ")
-    return host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid))
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    # A number no process can have (a damaged or crafted lock) names no running process.
+    return len(pid) > 10 or not 0 < int(pid) <= 2**31 - 1 or not _process_alive(int(pid))
 
 
 class RunLock:
@@ -286,7 +289,8 @@ class RunLock:
 
     def _holder(self) -> str:
         try:
-            return self.path.read_text().strip()
+            with self.path.open("rb") as f:  # 'host pid': a few dozen bytes, whatever the file holds
+                return f.read(512).decode("utf-8", "replace").strip()
         except OSError:
             return ""
 

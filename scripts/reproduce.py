@@ -14,7 +14,9 @@ the limit writes a mid-epoch checkpoint).
 """
 import argparse
 import json
+import math
 import os
+import re
 import shlex
 import stat
 import sys
@@ -67,6 +69,17 @@ def slurm_script(rows: list[Row], gpus: int, runs: str, data_root: str, weights_
     return "\n".join(lines)
 
 
+def _check_script_values(args) -> None:
+    """Values that go into the batch script's lines: each must stay on its line and mean what it says."""
+    if not re.fullmatch(r"[0-9]{1,4}(-[0-9]{1,2})?(:[0-9]{1,2}){0,2}", args.time):
+        raise RegistryError(f"--time {args.time!r} is not a SLURM time limit (minutes, HH:MM:SS, D-HH:MM:SS).")
+    if args.partition is not None and not re.fullmatch(r"[A-Za-z0-9_.,-]{1,64}", args.partition):
+        raise RegistryError(f"--partition {args.partition!r} is not a partition name (letters, digits, _ . , -).")
+    for flag, value in (("--runs", args.runs), ("--data-root", args.data_root), ("--weights-dir", args.weights_dir)):
+        if not value or not value.isprintable():
+            raise RegistryError(f"{flag} {value!r} must be a printable path (no newline).")
+
+
 # --- status ------------------------------------------------------------------------------------
 
 def _read_small(path: Path) -> str | None:
@@ -87,8 +100,9 @@ def _metrics(run_dir: Path) -> list[dict]:
             record = json.loads(line)
         except (ValueError, RecursionError):
             continue  # a line cut by a kill
-        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
-            records.append(record)
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= 10**6:
+            records.append({k: v for k, v in record.items() if not isinstance(v, float) or math.isfinite(v)})
     return records
 
 
@@ -101,14 +115,16 @@ def _lock_holder(run_dir: Path) -> str | None:
 def row_status(row: Row, runs: Path) -> dict:
     run_dir = runs / row.task / row.id
     metrics = _metrics(run_dir)
-    accuracies = [m["test/acc1"] for m in metrics if isinstance(m.get("test/acc1"), (int, float))]
+    accuracies = [m["test/acc1"] for m in metrics if isinstance(m.get("test/acc1"), (int, float))
+                  and 0 <= m["test/acc1"] <= 100]
     done = max((m["epoch"] for m in metrics), default=0)
     best = max(accuracies) if accuracies else None
     holder = _lock_holder(run_dir)
     status = {"id": row.id, "run_dir": str(run_dir), "epochs_done": done, "epochs": row.epochs, "best": best,
               "paper": row.paper, "difference": None if best is None else best - row.paper}
     if holder is not None:
-        times = [m["train/epoch_time_s"] for m in metrics if isinstance(m.get("train/epoch_time_s"), (int, float))]
+        times = [m["train/epoch_time_s"] for m in metrics if isinstance(m.get("train/epoch_time_s"), (int, float))
+                 and 0 <= m["train/epoch_time_s"] <= 10**7]  # a damaged line's 1e308 would make the ETA infinite
         eta = (sum(times) / len(times)) * (row.epochs - done) if times else None
         status.update(state="running", where=holder, eta_s=eta)
     elif not run_dir.is_dir() or not checkpoints_in(run_dir):
@@ -179,8 +195,9 @@ def main(argv=None) -> int:
             print(shlex.join(row[0].command(args.gpus, args.data_root, args.weights_dir, args.runs,
                                             stops=args.gpus > 1)))
         elif args.verb == "slurm":
+            _check_script_values(args)
             chosen = select(rows, args.rows)
-            gpus = args.gpus or chosen[0].gpus
+            gpus = args.gpus if args.gpus is not None else chosen[0].gpus
             if args.gpus is None and len({r.gpus for r in chosen}) > 1:
                 raise RegistryError("These rows ran on different numbers of GPUs "
                                     f"({', '.join(sorted({f'{r.id}: {r.gpus}' for r in chosen}))}); give --gpus, or "

@@ -5,8 +5,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
+from common.errors import UserError
 from conftest import QUICK, ROOT, last_json, run_script, script_env
 
 SCRIPT = "cifar10/train.py"
@@ -192,3 +194,17 @@ def test_under_torchrun_a_stop_signal_stops_every_process_at_one_step_and_the_ru
     resumed = run_script(SCRIPT, *command[3:], launcher=torchrun + ["--standalone", "--nproc_per_node=2"])
     assert f"(epoch 1 of 2, step {mid['step'] + 1})" in resumed.stdout
     assert last_json(resumed.stdout)["epochs_done"] == 2
+
+
+def test_a_lock_naming_a_pid_no_process_can_have_is_taken_over(tmp_path, capsys):
+    import socket
+
+    from common.run_dir import RunLock
+
+    (tmp_path / ".run.lock").write_text(f"{socket.gethostname()} {'9' * 20}\n")
+    lock = RunLock(tmp_path).claim()
+    assert lock.held and "which is gone; taking it over" in capsys.readouterr().err
+    lock.release()
+    (tmp_path / ".run.lock").write_text(f"{socket.gethostname()} {os.getpid()}\n")  # a live one still holds
+    with pytest.raises(UserError, match="is in use by process"):
+        RunLock(tmp_path).claim()

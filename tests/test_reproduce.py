@@ -151,3 +151,26 @@ def test_the_downloaders_help_gives_every_default():
     for flag in ("--dest", "--api", "--article", "--timeout", "--deadline", "--retries"):
         assert flag in out
     assert out.count("(default:") >= 6 and "24454912" in out
+
+
+@pytest.mark.parametrize("flags", [["--time", "1:00\n#SBATCH --x"], ["--partition", "gpu\nrm -rf ~"],
+                                   ["--runs", "runs\n#SBATCH --x"], ["--time", "forever"], ["--gpus", "0"]])
+def test_slurm_values_cannot_inject_lines_or_change_a_row(flags, capsys):
+    assert reproduce.main(["slurm", "*", *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured.err
+
+
+def test_status_reads_damaged_metrics_and_locks_without_a_traceback(tmp_path, capsys):
+    import socket
+
+    run_dir = tmp_path / "cifar10" / "cifar10_psn"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text(
+        '{"epoch": 1, "test/acc1": 50.0, "train/epoch_time_s": NaN}\n'
+        '{"epoch": 2, "test/acc1": 1e308, "train/epoch_time_s": 1e308}\n'
+        f'{{"epoch": {"9" * 400}, "test/acc1": 60.0}}\n')
+    (run_dir / ".run.lock").write_text(f"{socket.gethostname()} {'7' * 20}\n")  # no process has that PID
+    assert reproduce.main(["status", str(tmp_path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert status["epochs_done"] == 2 and status["best"] == 50.0 and status["state"] == "stopped"
