@@ -67,17 +67,38 @@ def _no_weights(name: str, pretrained: bool) -> None:
                         "ImageNet models); train one with sequential_cifar/train.py, or use pretrained=False.")
 
 
-def _unknown(name: str, kwargs: dict, allowed: tuple[str, ...]) -> None:
+def _unknown(name: str, kwargs: dict, allowed: tuple[str, ...], task=None, most_order: int | None = None) -> None:
+    """Refuse a keyword the entry does not take, and a value out of the range its task's command-line flag
+    allows (the same declaration: `task.parser()`), named as the Python argument it is."""
     extra = sorted(set(kwargs) - set(allowed))
     if extra:
         raise TypeError(f"{name}() takes no {', '.join(extra)} (settable: {', '.join(allowed) or 'nothing'})")
+    from common.errors import UserError
+    from common.settings import Flag
+
+    flags = {a.dest: Flag.of(a) for a in task.parser()._actions} if task is not None else {}
+    for key, value in kwargs.items():
+        if key == "num_classes":  # the data decides it on the command line; here any classifier width
+            ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100_000
+            problem = None if ok else "it must be an integer from 1 to 100000"
+        elif key in flags:
+            problem = flags[key].problem(value)
+            if problem is None and key == "order" and most_order is not None and value is not None \
+                    and value > most_order:
+                problem = f"it must lie from 1 to {most_order} (the network's {most_order} time steps)"
+        else:
+            problem = None
+        if problem is not None:
+            raise UserError(f"{name}({key}={value!r}) cannot be built: {problem}.")
 
 
 def _cifar10dvs(key: str, pretrained: bool, kwargs: dict):
     from cifar10dvs.models import VGGSlidingPSN
     from cifar10dvs.train import infer_settings
 
-    _unknown(key, kwargs, ("order", "exp_init", "num_classes"))
+    import cifar10dvs.train as task
+
+    _unknown(key, kwargs, ("order", "exp_init", "num_classes"), task)
     settings = {"order": 2, "exp_init": True, "num_classes": 10, **kwargs}
     model = VGGSlidingPSN(settings["num_classes"], settings["order"], settings["exp_init"])
     return _with_weights(key, model, pretrained, kwargs, infer_settings, 10)
@@ -87,7 +108,9 @@ def _sew_resnet(key: str, depth: int, pretrained: bool, kwargs: dict):
     from imagenet.models import MODELS
     from imagenet.train import infer_settings
 
-    _unknown(key, kwargs, ("T", "num_classes"))
+    import imagenet.train as task
+
+    _unknown(key, kwargs, ("T", "num_classes"), task)
     settings = {"T": 4, "num_classes": 1000, **kwargs}
     model = MODELS[f"sew_resnet{depth}"](T=settings["T"], num_classes=settings["num_classes"], neuron="psn")
     return _with_weights(key, model, pretrained, kwargs, infer_settings, 1000)
@@ -99,7 +122,9 @@ def _sequential_cifar(neuron: str, pretrained: bool, kwargs: dict):
 
     name = f"sequential_cifar_{neuron}"
     _no_weights(name, pretrained)
-    _unknown(name, kwargs, ("channels", "num_classes", "order", "exp_init"))
+    import sequential_cifar.train as task
+
+    _unknown(name, kwargs, ("channels", "num_classes", "order", "exp_init"), task, most_order=task.COLUMNS)
     settings = {"channels": 128, "num_classes": 10, "order": 32 if NEURONS[neuron].needs_order else None,
                 "exp_init": False, **kwargs}
     return SequentialCIFARNet(settings["channels"], settings["num_classes"], neuron, settings["order"],
@@ -113,7 +138,9 @@ def cifar10_psn(pretrained: bool = False, **kwargs):
     from cifar10.models import CIFAR10Net
     from cifar10.train import infer_settings
 
-    _unknown("cifar10_psn", kwargs, ("channels", "T", "num_classes"))
+    import cifar10.train as task
+
+    _unknown("cifar10_psn", kwargs, ("channels", "T", "num_classes"), task)
     settings = {"channels": 256, "T": 4, "num_classes": 10, **kwargs}
     model = CIFAR10Net(settings["channels"], settings["T"], settings["num_classes"], "psn")
     return _with_weights("cifar10_psn", model, pretrained, kwargs, infer_settings, 10)

@@ -16,11 +16,14 @@ and bytes are bounded; no body is written past its listed size; `timeout` bounds
 `deadline` each whole file. Any failure is one DownloadError sentence, leaving nothing outside
 the destination and no half-renamed file.
 """
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import json
 import os
 import re
+import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -37,6 +40,7 @@ DEFAULT_PAGE = 10  # figshare's page size when none is asked for
 MAX_PAGES = 100  # 1,000 files: far more than any article of checkpoints
 MAX_LISTING_BYTES = 8 << 20  # one page of the listing, or the article record
 MAX_FILE_BYTES = 1 << 40  # a listed size beyond 1 TiB is not a checkpoint
+FREE_SPACE_MARGIN = 64 << 20  # what a download leaves free on its disk
 _MD5 = re.compile(r"[0-9a-f]{32}")
 
 
@@ -148,8 +152,8 @@ def _pages(base: str, timeout: float, deadline: float) -> list:
 def check_name(name) -> str:
     """A listed file name, refused unless it is a plain name that stays inside --dest: printable (no control
     characters, line separators or bidi overrides), short enough for its `.part` to fit a file system's 255
-    bytes, and none of the downloader's own files (the manifest, its temporary, a `.part`)."""
-    bad = (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+    bytes, and none of the downloader's own files (the manifest, its temporary, a `.part`, the hidden locks)."""
+    bad = (not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name
            or not name.isprintable() or os.path.isabs(name)
            or len(name.encode("utf-8", "surrogatepass")) > 255 - len(".part") or name.endswith(".part")
            or name in (MANIFEST, f".{MANIFEST}.tmp"))
@@ -293,9 +297,21 @@ def record_in_manifest(dest: Path, entry: dict) -> None:
     model = model_of(entry["name"])
     files[entry["name"]] = {"size": entry["size"], "md5": entry["md5"], "model": model, "url": entry["url"],
                             "settings": MODEL_SETTINGS.get(model, {})}
+    _must_be_a_file_or_absent(Path(dest) / MANIFEST)
     tmp = Path(dest) / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"article": ARTICLE, "files": files}, indent=1, sort_keys=True))
+    tmp.unlink(missing_ok=True)  # whatever stands there (a link planted to write elsewhere) goes, not its target
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"article": ARTICLE, "files": files}, indent=1, sort_keys=True))
     os.replace(tmp, Path(dest) / MANIFEST)
+
+
+def _must_be_a_file_or_absent(path: Path) -> None:
+    """A path the downloader writes: a folder, a link or another odd thing there is one sentence (nothing is
+    written through a link, nor a folder replaced)."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "a link" if path.is_symlink() else "a folder" if path.is_dir() else "not a regular file"
+        raise DownloadError(f"{path} is {kind}, where the downloader keeps a file; move it away and run again.")
 
 
 def fetch_model(key: str, dest: Path, api: str | None = None, timeout: float = 60.0, retries: int = 3,
@@ -318,18 +334,56 @@ def fetch_model(key: str, dest: Path, api: str | None = None, timeout: float = 6
 def fetch(entry: dict, dest: Path, timeout: float, quiet: bool, retries: int, deadline: float = 24 * 3600.0,
           on_cut=lambda error: None) -> str:
     """`download`, a cut transfer resumed at once up to `retries` times (`on_cut` told of each), and the
-    verified file recorded in the manifest. Returns 'skipped' or 'downloaded'; raises DownloadError."""
+    verified file recorded in the manifest. Returns 'skipped' or 'downloaded'; raises DownloadError.
+
+    One process at a time fetches a file into one folder (every rank of a torchrun job loading the same
+    released model, say): the others wait for its lock, then find the verified file and skip it."""
     def once() -> str:
         outcome = download(entry, dest, timeout, quiet, deadline)
         record_in_manifest(dest, entry)
         return outcome
 
-    for _ in range(retries):
+    with _exclusive(Path(dest) / f".{entry['name']}.lock", deadline, entry["name"]):
+        for _ in range(retries):
+            try:
+                return once()
+            except TransferCut as e:
+                on_cut(e)
+        return once()
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path, wait_s: float, name: str):
+    """An advisory lock (flock) on `path`, waited for at most `wait_s` seconds. The kernel releases it when the
+    process ends, however it ends, so no stale lock remains; the file goes when the holder is done (a waiter
+    that locked the file just removed tries again on the new one)."""
+    ends_at = time.monotonic() + wait_s
+    while True:
+        _must_be_a_file_or_absent(path)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
-            return once()
-        except TransferCut as e:
-            on_cut(e)
-    return once()
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > ends_at:
+                        raise DownloadError(f"{name}: another process has been fetching it into the same folder "
+                                            "for longer than the deadline; try again later.") from None
+                    time.sleep(0.2)
+            try:
+                current = os.stat(path, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                current = None
+            if current != os.fstat(fd).st_ino:
+                continue  # the holder before us removed this file: lock the one there now
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)
+            return
+        finally:
+            os.close(fd)
 
 
 def default_api() -> str:
@@ -347,7 +401,9 @@ def _inside(dest: Path, name: str) -> Path:
 def download(entry: dict, dest: Path, timeout: float, quiet: bool, deadline: float = 24 * 3600.0) -> str:
     """Fetch one file; returns 'skipped' or 'downloaded'; raises DownloadError, leaving nothing half-renamed."""
     target, part = _inside(dest, entry["name"]), _inside(dest, entry["name"] + ".part")
-    if target.is_file() and target.stat().st_size == entry["size"] and (not entry["md5"] or md5_of(target) == entry["md5"]):
+    _must_be_a_file_or_absent(target)
+    if target.is_file() and target.stat().st_size == entry["size"] and (
+            not entry["md5"] or md5_of(target) == entry["md5"]):
         return "skipped"
     if part.is_symlink() or (part.exists() and not part.is_file()):
         raise DownloadError(f"{part} is not a regular file; move it away and run again.")
@@ -355,6 +411,11 @@ def download(entry: dict, dest: Path, timeout: float, quiet: bool, deadline: flo
     if offset > entry["size"]:
         part.unlink()
         offset = 0
+    free = shutil.disk_usage(dest).free
+    if entry["size"] - offset > free - FREE_SPACE_MARGIN:
+        raise DownloadError(f"{entry['name']} needs {(entry['size'] - offset) / 2**20:.1f} MiB more and {dest} has "
+                            f"{free / 2**20:.1f} MiB free (keeping {FREE_SPACE_MARGIN >> 20} MiB); nothing was "
+                            "fetched: free some space, or choose another destination.")
     ends_at = time.monotonic() + deadline
     request = urllib.request.Request(entry["url"])
     if offset:

@@ -95,7 +95,8 @@ class Flag:
         else:
             ok = isinstance(value, str)
         if not ok:
-            return f"it must be {'a number' if self.value_type is float else f'a {self.value_type.__name__}'}"
+            return "it must be " + {float: "a number", int: "an integer", bool: "true or false"}.get(
+                self.value_type, "a string")
         if self.choices is not None and value not in self.choices:
             return f"choose {', '.join(map(str, self.choices))}"
         if self.bounds is not None and value not in self.bounds:

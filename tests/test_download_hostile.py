@@ -223,3 +223,71 @@ def test_flags_out_of_range_are_one_line(hostile, tmp_path, flags, fragment):
     out = fetch(hostile, tmp_path / "d", *flags)
     assert out.returncode == 2 and "Traceback" not in out.stderr and fragment in out.stderr, out.stderr
     assert "secret" not in out.stderr
+
+
+def _served_file(hostile, body: bytes, name="a.pth", slow=0.0):
+    def send(h):
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body[: len(body) // 2])
+        h.wfile.flush()
+        time.sleep(slow)
+        h.wfile.write(body[len(body) // 2:])
+
+    hostile.listing = lambda page: [hostile.entry(name, len(body), md5=hashlib.md5(body).hexdigest())]
+    hostile.files["x"] = send
+
+
+@pytest.mark.parametrize("occupied", ["a.pth", "manifest.json"])
+def test_a_folder_where_a_file_goes_is_one_sentence(hostile, tmp_path, occupied):
+    _served_file(hostile, b"abc" * 100)
+    (tmp_path / "d" / occupied).mkdir(parents=True)
+    fails_cleanly(fetch(hostile, tmp_path / "d"), "is a folder, where the downloader keeps a file")
+    assert (tmp_path / "d" / occupied).is_dir()
+
+
+def test_nothing_is_written_through_a_planted_link(hostile, tmp_path):
+    _served_file(hostile, b"abc" * 100)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / ".manifest.json.tmp").symlink_to(outside)
+    assert fetch(hostile, dest).returncode == 0
+    assert outside.read_text() == "precious" and json.loads((dest / "manifest.json").read_text())["files"]["a.pth"]
+
+
+def test_a_file_larger_than_the_free_space_is_not_started(hostile, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    _served_file(hostile, b"abc" * 100)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, (64 << 20) + 100))  # the disk
+    fails_cleanly(fetch(hostile, tmp_path / "d"), "a.pth needs 0.0 MiB more", "nothing was fetched")
+    assert files_under(tmp_path / "d") == [] and not any(p.startswith("/files") for p in hostile.requests)
+
+
+def test_two_processes_fetching_one_file_into_one_folder_both_get_it_verified(hostile, tmp_path):
+    from common.download import fetch as fetch_one, list_files
+
+    body = bytes(range(256)) * 400
+    _served_file(hostile, body, slow=1.0)
+    entry = list_files(hostile.url, ARTICLE, 10)[0]
+    outcomes, errors = [], []
+
+    def one():
+        try:
+            outcomes.append(fetch_one(entry, tmp_path, 10, True, 0))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]  # flock: each open() is its own lock holder
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and sorted(outcomes) == ["downloaded", "skipped"], (outcomes, errors)
+    assert (tmp_path / "a.pth").read_bytes() == body and [p for p in hostile.requests if p.startswith("/files")] \
+        == ["/files/x"]

@@ -200,3 +200,20 @@ def test_the_downloader_and_the_hub_share_the_api_setting(released, tmp_path, mo
     assert download_checkpoints.main(["--filter", "cifar10dvs_T8", "--dest", str(tmp_path)]) == 0
     recorded = json.loads((tmp_path / "manifest.json").read_text())["files"]
     assert recorded["cifar10dvs_T8.pth"]["model"] == "cifar10dvs_sliding_psn_t8"
+
+
+@pytest.mark.parametrize("entry,settings,fragment", [
+    ("sequential_cifar_sliding_psn", {"order": 10**9}, "order=1000000000) cannot be built: it must lie from 1 to"),
+    ("sequential_cifar_sliding_psn", {"order": 33}, "the network's 32 time steps"),
+    ("cifar10_psn", {"channels": 0}, "channels=0) cannot be built: it must lie from 1 to 8192"),
+    ("cifar10_psn", {"channels": -5}, "channels=-5"), ("cifar10_psn", {"channels": 10**6}, "channels=1000000"),
+    ("cifar10_psn", {"num_classes": -1}, "num_classes=-1) cannot be built"),
+    ("cifar10_psn", {"T": "4"}, "T='4') cannot be built: it must be an integer"),
+    ("sew_resnet18_psn", {"T": 0}, "T=0"), ("cifar10dvs_sliding_psn_t4", {"exp_init": "yes"}, "exp_init='yes'"),
+])
+def test_entry_settings_are_held_to_the_command_lines_bounds(entry, settings, fragment):
+    from common.errors import UserError
+
+    with pytest.raises(UserError) as caught:
+        _load(entry, **settings)
+    assert fragment in str(caught.value) and "\n" not in str(caught.value)
