@@ -10,7 +10,8 @@ listing's MD5, through common/download.py (the same code and the same hostile-in
 scripts/download_checkpoints.py; its MODELS table says which listed file is which model). The file is
 read with `weights_only=True` and its original layout converted as `--test-only` does; the model
 comes back in eval mode. A second call reads the cache without a request; a cached file whose MD5
-no longer matches is fetched again. PSN_FIGSHARE_API points at a mirror. The inputs each model
+no longer matches is fetched again. `deadline=` (seconds, default an hour) bounds the listing and the
+transfer, connection and response headers included. PSN_FIGSHARE_API points at a mirror. The inputs each model
 expects (normalisation, size, T) are on its model card in checkpoints/README.md.
 """
 import os as _os
@@ -34,7 +35,8 @@ def _contradiction(key: str, name: str, value, released):
                      f"{name} out, or use pretrained=False.")
 
 
-def _with_weights(key: str, model, pretrained: bool, overrides: dict, infer, released_classes: int):
+def _with_weights(key: str, model, pretrained: bool, overrides: dict, infer, released_classes: int,
+                  deadline: float = 3600.0):
     """`model` as built, or with `pretrained` the released weights of `key` loaded into it, after checking
     `overrides` against the released model (`infer`: the task's Task.infer_settings, which reads the file's
     tensors)."""
@@ -48,7 +50,9 @@ def _with_weights(key: str, model, pretrained: bool, overrides: dict, infer, rel
     classes = overrides.get("num_classes", released_classes)
     if classes != released_classes:
         raise _contradiction(key, "num_classes", classes, released_classes)
-    path = fetch_model(key, _cache_dir(), _os.environ.get("PSN_FIGSHARE_API"))
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline <= 30 * 24 * 3600:
+        raise UserError(f"{key}(deadline={deadline!r}): it must be a number of seconds, above 0, at most 30 days.")
+    path = fetch_model(key, _cache_dir(), _os.environ.get("PSN_FIGSHARE_API"), deadline=deadline)
     ckpt = read_checkpoint(path)
     told = infer(ckpt.state_dict) if infer is not None else {}
     for name, value in overrides.items():
@@ -92,7 +96,7 @@ def _unknown(name: str, kwargs: dict, allowed: tuple[str, ...], task=None, most_
             raise UserError(f"{name}({key}={value!r}) cannot be built: {problem}.")
 
 
-def _cifar10dvs(key: str, pretrained: bool, kwargs: dict):
+def _cifar10dvs(key: str, pretrained: bool, deadline: float, kwargs: dict):
     from cifar10dvs.models import VGGSlidingPSN
     from cifar10dvs.train import infer_settings
 
@@ -101,10 +105,10 @@ def _cifar10dvs(key: str, pretrained: bool, kwargs: dict):
     _unknown(key, kwargs, ("order", "exp_init", "num_classes"), task)
     settings = {"order": 2, "exp_init": True, "num_classes": 10, **kwargs}
     model = VGGSlidingPSN(settings["num_classes"], settings["order"], settings["exp_init"])
-    return _with_weights(key, model, pretrained, kwargs, infer_settings, 10)
+    return _with_weights(key, model, pretrained, kwargs, infer_settings, 10, deadline)
 
 
-def _sew_resnet(key: str, depth: int, pretrained: bool, kwargs: dict):
+def _sew_resnet(key: str, depth: int, pretrained: bool, deadline: float, kwargs: dict):
     from imagenet.models import MODELS
     from imagenet.train import infer_settings
 
@@ -113,7 +117,7 @@ def _sew_resnet(key: str, depth: int, pretrained: bool, kwargs: dict):
     _unknown(key, kwargs, ("T", "num_classes"), task)
     settings = {"T": 4, "num_classes": 1000, **kwargs}
     model = MODELS[f"sew_resnet{depth}"](T=settings["T"], num_classes=settings["num_classes"], neuron="psn")
-    return _with_weights(key, model, pretrained, kwargs, infer_settings, 1000)
+    return _with_weights(key, model, pretrained, kwargs, infer_settings, 1000, deadline)
 
 
 def _sequential_cifar(neuron: str, pretrained: bool, kwargs: dict):
@@ -133,7 +137,7 @@ def _sequential_cifar(neuron: str, pretrained: bool, kwargs: dict):
 
 # --- the entries ------------------------------------------------------------------------------------
 
-def cifar10_psn(pretrained: bool = False, **kwargs):
+def cifar10_psn(pretrained: bool = False, deadline: float = 3600.0, **kwargs):
     """CIFAR-10: CIFAR10Net, 256 channels, PSN, T = 4 (paper 95.32 %); kwargs: channels, T, num_classes."""
     from cifar10.models import CIFAR10Net
     from cifar10.train import infer_settings
@@ -143,32 +147,32 @@ def cifar10_psn(pretrained: bool = False, **kwargs):
     _unknown("cifar10_psn", kwargs, ("channels", "T", "num_classes"), task)
     settings = {"channels": 256, "T": 4, "num_classes": 10, **kwargs}
     model = CIFAR10Net(settings["channels"], settings["T"], settings["num_classes"], "psn")
-    return _with_weights("cifar10_psn", model, pretrained, kwargs, infer_settings, 10)
+    return _with_weights("cifar10_psn", model, pretrained, kwargs, infer_settings, 10, deadline)
 
 
-def cifar10dvs_sliding_psn_t4(pretrained: bool = False, **kwargs):
+def cifar10dvs_sliding_psn_t4(pretrained: bool = False, deadline: float = 3600.0, **kwargs):
     """CIFAR10-DVS at T = 4: VGG (8 conv) with sliding PSN, order 2 (paper 82.30 %); input [N, 4, 2, 48, 48] event-count frames; kwargs: order, exp_init, num_classes."""  # noqa: E501 - torch.hub.help shows one line
-    return _cifar10dvs("cifar10dvs_sliding_psn_t4", pretrained, kwargs)
+    return _cifar10dvs("cifar10dvs_sliding_psn_t4", pretrained, deadline, kwargs)
 
 
-def cifar10dvs_sliding_psn_t8(pretrained: bool = False, **kwargs):
+def cifar10dvs_sliding_psn_t8(pretrained: bool = False, deadline: float = 3600.0, **kwargs):
     """CIFAR10-DVS at T = 8: VGG (8 conv) with sliding PSN, order 2 (paper 85.30 %); input [N, 8, 2, 48, 48] event-count frames; kwargs: order, exp_init, num_classes."""  # noqa: E501
-    return _cifar10dvs("cifar10dvs_sliding_psn_t8", pretrained, kwargs)
+    return _cifar10dvs("cifar10dvs_sliding_psn_t8", pretrained, deadline, kwargs)
 
 
-def cifar10dvs_sliding_psn_t10(pretrained: bool = False, **kwargs):
+def cifar10dvs_sliding_psn_t10(pretrained: bool = False, deadline: float = 3600.0, **kwargs):
     """CIFAR10-DVS at T = 10: VGG (8 conv) with sliding PSN, order 2 (paper 85.90 %); input [N, 10, 2, 48, 48] event-count frames; kwargs: order, exp_init, num_classes."""  # noqa: E501
-    return _cifar10dvs("cifar10dvs_sliding_psn_t10", pretrained, kwargs)
+    return _cifar10dvs("cifar10dvs_sliding_psn_t10", pretrained, deadline, kwargs)
 
 
-def sew_resnet18_psn(pretrained: bool = False, **kwargs):
+def sew_resnet18_psn(pretrained: bool = False, deadline: float = 3600.0, **kwargs):
     """ImageNet: SEW ResNet-18 with PSN, T = 4 (paper 67.63 % top-1, 87.75 % top-5); output [T, N, 1000] logits per step; kwargs: T, num_classes."""  # noqa: E501
-    return _sew_resnet("sew_resnet18_psn", 18, pretrained, kwargs)
+    return _sew_resnet("sew_resnet18_psn", 18, pretrained, deadline, kwargs)
 
 
-def sew_resnet34_psn(pretrained: bool = False, **kwargs):
+def sew_resnet34_psn(pretrained: bool = False, deadline: float = 3600.0, **kwargs):
     """ImageNet: SEW ResNet-34 with PSN, T = 4 (paper 70.54 % top-1, 89.68 % top-5); output [T, N, 1000] logits per step; kwargs: T, num_classes."""  # noqa: E501
-    return _sew_resnet("sew_resnet34_psn", 34, pretrained, kwargs)
+    return _sew_resnet("sew_resnet34_psn", 34, pretrained, deadline, kwargs)
 
 
 def sequential_cifar_psn(pretrained: bool = False, **kwargs):

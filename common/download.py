@@ -13,17 +13,22 @@ the server.
 Everything the server says is checked before it is used: a listed name must be a plain file
 name (it is joined to the destination), a URL http(s), a size a sane integer; the listing's pages
 and bytes are bounded; no body is written past its listed size; `timeout` bounds each read and
-`deadline` each whole file. Any failure is one DownloadError sentence, leaving nothing outside
-the destination and no half-renamed file.
+`deadline` the whole listing and each whole file: connection, response headers and body (a
+watchdog shuts the connection down when it passes); redirects are followed to http(s) only. Any
+failure is one DownloadError sentence, leaving nothing outside the destination and no half-renamed
+file.
 """
 import contextlib
 import fcntl
+import functools
 import hashlib
 import http.client
 import json
 import os
 import re
 import shutil
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -91,10 +96,88 @@ class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
         if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
             raise urllib.error.HTTPError(newurl, code, f"a redirect to {redacted(newurl)!r}, which is not http(s)",
                                          headers, fp)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and hasattr(req, "ends_at"):
+            new.ends_at, new.watchdogs = req.ends_at, req.watchdogs
+        return new
 
 
-_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
+class _Watchdog:
+    """Shuts a connection down when its deadline passes, wherever the transfer stands: a server that drips its
+    response headers a byte at a time stays within every read's timeout, and would otherwise never end."""
+
+    def __init__(self, sock: socket.socket, ends_at: float):
+        self._sock = socket.socket(fileno=os.dup(sock.fileno()))  # outlives urllib's close of its own handle
+        self.fired = False
+        self._timer = threading.Timer(max(0.0, ends_at - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        self._sock.close()
+
+
+def _with_deadline(base):
+    class Connection(base):
+        """A connection whose connect, request, headers and body all end by the request's deadline."""
+
+        def __init__(self, *args, ends_at: float, watchdogs: list, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._ends_at, self._watchdogs = ends_at, watchdogs
+
+        def connect(self):
+            remaining = self._ends_at - time.monotonic()
+            if remaining <= 0:
+                raise OSError("the deadline passed before the connection was made")
+            if not isinstance(self.timeout, (int, float)) or self.timeout > remaining:
+                self.timeout = remaining
+            super().connect()
+            self._watchdogs.append(_Watchdog(self.sock, self._ends_at))
+
+    return Connection
+
+
+_HTTPConnection = _with_deadline(http.client.HTTPConnection)
+_HTTPSConnection = _with_deadline(http.client.HTTPSConnection)
+
+
+class _DeadlineHTTP(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(functools.partial(_HTTPConnection, ends_at=req.ends_at, watchdogs=req.watchdogs), req)
+
+
+class _DeadlineHTTPS(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        extra = {"context": self._context}
+        if hasattr(self, "_check_hostname"):  # Python 3.11
+            extra["check_hostname"] = self._check_hostname
+        return self.do_open(functools.partial(_HTTPSConnection, ends_at=req.ends_at, watchdogs=req.watchdogs), req,
+                            **extra)
+
+
+_OPENER = urllib.request.build_opener(_HttpRedirectsOnly, _DeadlineHTTP, _DeadlineHTTPS)
+
+
+def _request(url, ends_at: float) -> urllib.request.Request:
+    """A request whose connections (redirects' too) end by `ends_at` (time.monotonic())."""
+    request = url if isinstance(url, urllib.request.Request) else urllib.request.Request(url)
+    request.ends_at, request.watchdogs = ends_at, []
+    return request
+
+
+def _cut_by_deadline(request) -> bool:
+    return any(w.fired for w in request.watchdogs) or time.monotonic() >= request.ends_at
+
+
+def _release(request) -> None:
+    for watchdog in request.watchdogs:
+        watchdog.cancel()
 
 
 def read_bounded(response, limit: int, deadline: float, what: str) -> bytes:
@@ -111,25 +194,33 @@ def read_bounded(response, limit: int, deadline: float, what: str) -> bytes:
     return bytes(data)
 
 
-def fetch_json(url: str, timeout: float, deadline: float):
+def fetch_json(url: str, timeout: float, ends_at: float):
+    """The JSON at `url`, by `ends_at` (time.monotonic()): connection, headers and body."""
+    request = _request(url, ends_at)
     try:
-        with _OPENER.open(url, timeout=timeout) as response:
-            return json.loads(read_bounded(response, MAX_LISTING_BYTES, time.monotonic() + deadline, redacted(url)))
+        with _OPENER.open(request, timeout=timeout) as response:
+            return json.loads(read_bounded(response, MAX_LISTING_BYTES, ends_at, redacted(url)))
     except urllib.error.HTTPError as e:
         error = NotFound if e.code == 404 else DownloadError
         raise error(f"{redacted(url)} answered HTTP {e.code} ({e.reason}).") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        if _cut_by_deadline(request):
+            raise DeadlinePassed(f"{redacted(url)} did not answer within the --deadline.") from None
         reason = getattr(e, "reason", e)
         raise DownloadError(f"Could not reach {redacted(url)} ({reason}); check the network connection, or the API "
                             "address (--api, or the environment variable PSN_FIGSHARE_API).") from None
     except (ValueError, RecursionError):
+        if _cut_by_deadline(request):  # the deadline cut the answer short
+            raise DeadlinePassed(f"{redacted(url)} did not answer within the --deadline.") from None
         raise DownloadError(f"{redacted(url)} did not return JSON; is --api right?") from None
+    finally:
+        _release(request)
 
 
-def _pages(base: str, timeout: float, deadline: float) -> list:
+def _pages(base: str, timeout: float, ends_at: float) -> list:
     """/articles/{id}/files page by page: pages come back full until the last; an empty page, a
     page seen before or MAX_PAGES end it (a server whose pages never end is not followed forever)."""
-    first = fetch_json(f"{base}/files", timeout, deadline)
+    first = fetch_json(f"{base}/files", timeout, ends_at)
     if not isinstance(first, list):
         return first
     files, seen = list(first), {json.dumps(first, sort_keys=True)}
@@ -138,7 +229,7 @@ def _pages(base: str, timeout: float, deadline: float) -> list:
         page += 1
         if page > MAX_PAGES:
             raise DownloadError(f"{base}/files did not end after {MAX_PAGES} pages; refusing the listing.")
-        last = fetch_json(f"{base}/files?page={page}&page_size={DEFAULT_PAGE}", timeout, deadline)
+        last = fetch_json(f"{base}/files?page={page}&page_size={DEFAULT_PAGE}", timeout, ends_at)
         if not isinstance(last, list) or not last:
             break
         key = json.dumps(last, sort_keys=True)
@@ -185,10 +276,11 @@ def list_files(api: str, article: int, timeout: float, deadline: float = 600.0) 
     listing is missing, the article's own record at /articles/{id} carries them too.
     """
     base = f"{api.rstrip('/')}/articles/{article}"
+    ends_at = time.monotonic() + deadline  # the whole listing, every page
     try:
-        files = _pages(base, timeout, deadline)
+        files = _pages(base, timeout, ends_at)
     except NotFound:
-        files = fetch_json(base, timeout, deadline)
+        files = fetch_json(base, timeout, ends_at)
     if isinstance(files, dict):
         files = files.get("files")
     if not isinstance(files, list):
@@ -315,9 +407,10 @@ def _must_be_a_file_or_absent(path: Path) -> None:
 
 
 def fetch_model(key: str, dest: Path, api: str | None = None, timeout: float = 60.0, retries: int = 3,
-                quiet: bool = True) -> Path:
+                quiet: bool = True, deadline: float = 3600.0) -> Path:
     """The released file of model `key` in `dest`: from there when the manifest knows it and its MD5 still
-    matches (no request at all), otherwise listed, downloaded (resumable, MD5-checked) and recorded."""
+    matches (no request at all), otherwise listed, downloaded (resumable, MD5-checked) and recorded. `deadline`
+    bounds the listing and each transfer (connection, headers and body) in seconds."""
     dest = Path(dest)
     for name, entry in read_manifest(dest).items():
         path = dest / name
@@ -325,9 +418,9 @@ def fetch_model(key: str, dest: Path, api: str | None = None, timeout: float = 6
                 and path.stat().st_size == entry.get("size") and md5_of(path) == entry.get("md5"):
             return path
     api = check_url(api or default_api(), "The figshare API address")
-    entry = find_model(list_files(api, ARTICLE, timeout), key)
+    entry = find_model(list_files(api, ARTICLE, timeout, deadline), key)
     prepare_dest(dest)
-    fetch(entry, dest, timeout, quiet, retries)
+    fetch(entry, dest, timeout, quiet, retries, deadline)
     return dest / entry["name"]
 
 
@@ -417,23 +510,29 @@ def download(entry: dict, dest: Path, timeout: float, quiet: bool, deadline: flo
                             f"{free / 2**20:.1f} MiB free (keeping {FREE_SPACE_MARGIN >> 20} MiB); nothing was "
                             "fetched: free some space, or choose another destination.")
     ends_at = time.monotonic() + deadline
-    request = urllib.request.Request(entry["url"])
+    request = _request(entry["url"], ends_at)
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
-        response = _OPENER.open(request, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and offset == entry["size"]:  # the .part is already whole
-            response = None
-        else:
-            raise DownloadError(f"{entry['name']}: HTTP {e.code} ({e.reason}).") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-        raise DownloadError(f"{entry['name']}: could not connect ({getattr(e, 'reason', e)}).") from None
-    if response is not None:
-        with response:
-            if offset and response.status != 206:  # the server ignored Range: start again
-                offset = 0
-            _receive(response, entry, part, offset, ends_at, quiet)
+        try:
+            response = _OPENER.open(request, timeout=timeout)
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and offset == entry["size"]:  # the .part is already whole
+                response = None
+            else:
+                raise DownloadError(f"{entry['name']}: HTTP {e.code} ({e.reason}).") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            if _cut_by_deadline(request):
+                raise DeadlinePassed(f"{entry['name']}: no answer within the --deadline (connection and headers "
+                                     "included); run again to resume.") from None
+            raise DownloadError(f"{entry['name']}: could not connect ({getattr(e, 'reason', e)}).") from None
+        if response is not None:
+            with response:
+                if offset and response.status != 206:  # the server ignored Range: start again
+                    offset = 0
+                _receive(response, entry, part, offset, ends_at, quiet)
+    finally:
+        _release(request)
     size = part.stat().st_size
     if size != entry["size"]:
         raise TransferCut(f"{entry['name']}: transfer cut at {size} of {entry['size']} bytes; run again to resume.")
@@ -471,10 +570,16 @@ def _receive(response, entry: dict, part: Path, offset: int, ends_at: float, qui
     except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
         if getattr(e, "errno", None) == 28:  # ENOSPC
             raise DownloadError(f"{entry['name']}: the disk holding {part.parent} is full.") from None
+        if time.monotonic() >= ends_at:
+            raise DeadlinePassed(f"{entry['name']}: not complete within the --deadline ({written} of "
+                                 f"{entry['size']} bytes); run again to resume.") from None
         raise TransferCut(f"{entry['name']}: transfer cut at {written} of {entry['size']} bytes ({e}); run again "
                           "to resume.") from None
     finally:
         bar.close()
+    if written < entry["size"] and time.monotonic() >= ends_at:  # the watchdog ended the body early
+        raise DeadlinePassed(f"{entry['name']}: not complete within the --deadline ({written} of {entry['size']} "
+                             "bytes); run again to resume.")
 
 
 def prepare_dest(dest: Path) -> None:

@@ -291,3 +291,57 @@ def test_two_processes_fetching_one_file_into_one_folder_both_get_it_verified(ho
     assert not errors and sorted(outcomes) == ["downloaded", "skipped"], (outcomes, errors)
     assert (tmp_path / "a.pth").read_bytes() == body and [p for p in hostile.requests if p.startswith("/files")] \
         == ["/files/x"]
+
+
+def _drip_headers(h):
+    """A status line, then header bytes one at a time, each well within any read timeout, for a minute (until
+    the client hangs up)."""
+    try:
+        h.wfile.write(b"HTTP/1.0 200 OK\r\n")
+        h.wfile.flush()
+        for _ in range(600):
+            h.wfile.write(b"X")
+            h.wfile.flush()
+            time.sleep(0.1)
+    except OSError:  # the client gave up: what the test wants
+        return
+
+
+@pytest.mark.parametrize("where", ["listing", "file"])
+def test_the_deadline_covers_response_headers(hostile, tmp_path, where):
+    if where == "listing":
+        original = hostile.server.RequestHandlerClass.do_GET
+
+        def do_get(handler):
+            if handler.path.startswith(f"/articles/{ARTICLE}/files"):
+                return _drip_headers(handler)
+            return original(handler)
+
+        hostile.server.RequestHandlerClass.do_GET = do_get
+    else:
+        hostile.listing = lambda page: [hostile.entry("a.pth", 3)]
+        hostile.files["x"] = _drip_headers
+    started = time.monotonic()
+    out = fetch(hostile, tmp_path / "d", "--deadline", "2", "--timeout", "1", "--retries", "0")
+    assert time.monotonic() - started < 15, out.stderr
+    fails_cleanly(out, "deadline")
+
+
+def test_the_hubs_deadline_argument_bounds_a_load(hostile, tmp_path, monkeypatch):
+    import sys
+
+    from conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    import hubconf
+    from common.download import DeadlinePassed
+
+    torch = pytest.importorskip("torch")
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    monkeypatch.setenv("PSN_FIGSHARE_API", hostile.url)
+    hostile.listing = lambda page: [hostile.entry("cifar10_psn.pth", 3)]
+    hostile.files["x"] = _drip_headers
+    started = time.monotonic()
+    with pytest.raises(DeadlinePassed, match="deadline"):
+        hubconf.cifar10_psn(pretrained=True, deadline=2)
+    assert time.monotonic() - started < 15 and "hubconf" in sys.modules
