@@ -177,6 +177,9 @@ def build_parser(description: str, **defaults) -> RecipeParser:
                    help="epochs of the run")
     g.add_argument("--batch-size", "-b", dest="batch_size", type=int, default=128, bounds=Bounds(1, 65536),
                    help="batch size per process")
+    g.add_argument("--accum-steps", type=int, default=1, bounds=Bounds(1, 1024),
+                   help="micro-batches per optimizer step: their gradients add up to those of one batch K times as "
+                        "large (the batch of K times as many processes), while BatchNorm sees one micro-batch")
     g.add_argument("--opt", "-opt", choices=["sgd", "adamw"], default="sgd", help="optimizer")
     g.add_argument("--lr", "-lr", type=float, default=0.1, bounds=POSITIVE_RATE,
                    help="learning rate at the start of the cosine schedule")

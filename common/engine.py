@@ -5,6 +5,7 @@ processes once, so the numbers do not depend on the batch size or the number of 
 `common.fit` drives them epoch by epoch; `common.run` calls `evaluate` alone for --test-only.
 """
 import contextlib
+import itertools
 import math
 import signal
 import time
@@ -93,15 +94,25 @@ def sync_point(ctx: Context, model: nn.Module, loss_sum: torch.Tensor, epoch: in
 def train_one_epoch(t: Training, loader, loss_fn: Callable, scores: Callable, ctx: Context, progress: Progress,
                     epoch: int, batch_transform=None, resumed: EpochSums | None = None,
                     start_step: int = 0, early_lines: bool = False) -> EpochResult:
-    """Train one epoch (from `start_step` on with the running sums `resumed`, after a mid-epoch checkpoint).
+    """Train one epoch (from optimizer step `start_step` on with the running sums `resumed`, after a mid-epoch
+    checkpoint).
 
-    A stop request ends it early at a step the processes agree on (every step in one process,
+    With --accum-steps K, one optimizer step takes K micro-batches of the loader: their gradients add up,
+    each micro-batch's loss weighted by its share of the step's samples, so the step's gradient is that of
+    one batch K times as large while BatchNorm still sees one micro-batch. Under DDP only a step's last
+    micro-batch reduces gradients over processes. The steps are what everything else counts: the
+    optimizer, the AMP scaler, --clip-grad, the EMA, the divergence checks, progress lines, stops and
+    mid-epoch checkpoints act once per step; the metrics count samples. With --drop-last, the micro-batches
+    at the epoch's end that cannot fill a step are left out, as a whole batch's last partial one is.
+
+    A stop request ends the epoch early at a step the processes agree on (every step in one process,
     every --print-freq and every STOP_CHECK_STEPS steps under DDP). With `early_lines` (the first epoch
     an invocation trains) progress also shows at steps 1, 2, 4, 8, ... before the first --print-freq
     step, so a run says within seconds that it trains, whatever --print-freq is.
     """
     t.train_model.train()
-    print_freq = ctx.settings.print_freq
+    t.optimizer.zero_grad(set_to_none=True)
+    print_freq, accum = ctx.settings.print_freq, ctx.settings.accum_steps
     # [loss * n, correct, samples]: a resumed epoch's sums so far count once, on rank 0
     sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
     seconds_before = 0.0
@@ -109,29 +120,42 @@ def train_one_epoch(t: Training, loader, loss_fn: Callable, scores: Callable, ct
         seconds_before = resumed.seconds
         if ctx.is_main:
             sums += torch.tensor(resumed.as_list()[:3], dtype=torch.float64, device=ctx.device)
-    total = start_step + len(loader)
+    micro_batches = len(loader)
+    steps = micro_batches // accum if loader.drop_last else -(-micro_batches // accum)
+    micro_batches = min(micro_batches, steps * accum)
+    samples_left, batch_size = len(loader.sampler), loader.batch_size  # this process's, this epoch
+    total = start_step + steps
+    step = start_step
     seen_here = 0
     start = time.perf_counter()
     stopped_at = None
-    bar = progress.bar(loader, len(loader), f"train {epoch + 1}")
-    for step, batch in enumerate(bar, start_step + 1):
+    batches = loader if micro_batches == len(loader) else itertools.islice(loader, micro_batches)
+    bar = progress.bar(batches, micro_batches, f"train {epoch + 1}")
+    for i, batch in enumerate(bar):
+        last_of_step = i % accum == accum - 1 or i == micro_batches - 1
         images, target = _to_device(batch, ctx)
         if batch_transform is not None:
             images, target = batch_transform(images, target)
         with ctx.autocast():
             output = t.train_model(images)
             loss = loss_fn(output, target)
-        t.optimizer.zero_grad(set_to_none=True)
-        t.backward_and_step(loss)
-        functional.reset_net(t.train_model)
-        t.update_ema()
-
         n = images.shape[0]
+        if accum > 1:  # the mean over this micro-batch, as its share of the mean over the step's samples
+            step_samples = min(accum * batch_size, samples_left - (i // accum) * accum * batch_size)
+            t.backward(loss * (n / step_samples), last_of_step)
+        else:
+            t.backward(loss)
+        functional.reset_net(t.train_model)
         seen_here += n
         with torch.no_grad():
             hard = target.argmax(-1) if target.dim() > 1 else target  # mixed soft labels: the dominant class
             sums += torch.stack([loss.detach().double() * n, (scores(output).argmax(-1) == hard).sum().double(),
                                  sums.new_tensor(n)])
+        if not last_of_step:
+            continue
+        t.step()
+        t.update_ema()
+        step += 1
         at_print = step % print_freq == 0 or (early_lines and step - start_step < print_freq
                                               and (step - start_step) & (step - start_step - 1) == 0)
         # Host syncs only every --print-freq steps, and under DDP every STOP_CHECK_STEPS to agree

@@ -35,7 +35,7 @@ class Loaders:
     test: object
     batch_transform: object | None
     num_classes: int  # the model's (a checkpoint's may exceed the data's)
-    step_samples: int  # samples per optimizer step over all processes
+    step_samples: int  # samples per optimizer step over all processes and accumulated micro-batches
 
 
 class Fit:
@@ -54,7 +54,12 @@ class Fit:
     def run(self) -> dict:
         settings, state, ctx = self.ctx.settings, self.state, self.ctx
         where = f", step {state.step + 1}" if state.step else ""
-        self.report.opening(f"run directory: {self.run_dir} (epoch {state.epoch + 1} of {settings.epochs}{where})")
+        accumulating = [] if settings.accum_steps == 1 else [
+            f"one optimizer step: {settings.accum_steps} accumulated micro-batches of "
+            f"{self.loaders.step_samples // settings.accum_steps // ctx.env.world_size} per process x "
+            f"{ctx.env.world_size} process(es) = {self.loaders.step_samples} samples"]
+        self.report.opening(f"run directory: {self.run_dir} (epoch {state.epoch + 1} of {settings.epochs}{where})",
+                            *accumulating)
         self.report.record_start(state, self.run_dir, self.resumed_from)
         if ctx.is_main:
             self.writer = runlog.open_writer(self.run_dir, state.epoch)

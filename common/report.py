@@ -34,7 +34,8 @@ def made_here(ctx: Context) -> Made:
 
 def summary(state: RunState, run_dir: Path) -> dict:
     """A training run's summary: where it is, how far, its accuracies and what made each segment."""
-    return {"run_dir": str(run_dir), "epochs_done": state.epoch, "best_test_acc1": state.best_acc1,
+    return {"run_dir": str(run_dir), "epochs_done": state.epoch, "epochs": state.settings.get("epochs"),
+            "best_test_acc1": state.best_acc1,
             "last_test_acc1": state.last_acc1, "provenance": state.provenance}
 
 

@@ -91,7 +91,7 @@ def _invoke(task: Task, start: Start, ctx: Context, report: Report) -> dict:
     if settings.test_only:
         return _test_only(task, ctx, model, test_loader, num_classes, start, report)
 
-    step_samples = batch_size * env.world_size
+    step_samples = batch_size * env.world_size * settings.accum_steps
     state = starting_state(task, start, step_samples)
     if start.ckpt is not None:
         load_model_weights(model, start.ckpt)
@@ -99,9 +99,10 @@ def _invoke(task: Task, start: Start, ctx: Context, report: Report) -> dict:
         task.init_weights(model, settings, env.is_main)
     train_loader = make_loader(data.train, batch_size, settings.workers, True, env, settings.seed, pin_memory=pin,
                                drop_last=settings.drop_last)
-    if len(train_loader) == 0:
+    if len(train_loader) < (settings.accum_steps if settings.drop_last else 1):
         raise UserError(f"The training set ({len(data.train)} samples over {env.world_size} processes) is "
-                        f"smaller than one batch of {batch_size}; lower --batch-size.")
+                        f"smaller than one optimizer step of {settings.accum_steps} x {batch_size} samples per "
+                        "process; lower --batch-size or --accum-steps.")
     loaders = Loaders(train_loader, test_loader, data.batch_transform, num_classes, step_samples)
     if state.epoch >= settings.epochs:  # a finished run, or a file with nothing left to train: its summary
         state.best_acc1, state.last_acc1 = start.ckpt.state.best_acc1, start.ckpt.state.last_acc1
@@ -114,12 +115,15 @@ def _invoke(task: Task, start: Start, ctx: Context, report: Report) -> dict:
 
 
 def _per_process_batch(task: Task, settings: Settings, env: D.DistEnv) -> int:
+    """The micro-batch each process's loader gives (what BatchNorm sees): --batch-size, or for a task whose
+    --batch-size is the total per optimizer step, its share of one process and one accumulated micro-batch."""
     if not task.global_batch:
         return settings.batch_size
-    if settings.batch_size % env.world_size:
-        raise UserError(f"--batch-size {settings.batch_size} is the total over all processes here and must divide "
-                        f"evenly among {env.world_size} of them.")
-    return settings.batch_size // env.world_size
+    parts = env.world_size * settings.accum_steps
+    if settings.batch_size % parts:
+        raise UserError(f"--batch-size {settings.batch_size} is the total per optimizer step here and must divide "
+                        f"evenly among {env.world_size} processes x {settings.accum_steps} accumulated micro-batches.")
+    return settings.batch_size // parts
 
 
 def _build_data_once(task: Task, settings: Settings, env: D.DistEnv) -> DataBundle:

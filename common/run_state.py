@@ -118,12 +118,12 @@ class RunState:
     task: str | None = stored(check=_name, what="task must be a name")  # the task that wrote it
     epoch: int = stored(0, check=_epoch_in_file, what=f"epoch must be an integer from -1 to {MAX_EPOCH - 1}",
                         required=True, to_file=lambda e: e - 1, from_file=lambda e: e + 1)  # next to train, 0-based
-    step: int = stored(0, check=_step, what="step must be a non-negative integer")  # batches of it trained
+    step: int = stored(0, check=_step, what="step must be a non-negative integer")  # optimizer steps of it trained
     epoch_sums: EpochSums | None = stored(  # that epoch's running sums at `step`
         check=_sums, what="epoch_sums must be 4 non-negative numbers (and are needed mid-epoch)",
         to_file=lambda s: s.as_list() if s is not None else None,
         from_file=lambda v: EpochSums.from_list(v) if v is not None else None)
-    step_samples: int | None = stored(  # samples per step (batch size times processes) of the run that wrote it
+    step_samples: int | None = stored(  # samples per optimizer step (batch x processes x --accum-steps) of its run
         check=_step_samples, what="step_samples must be a positive integer (and is needed mid-epoch)")
     best_acc1: float | None = stored(check=_percent, what="the best accuracy must be a percentage")
     settings: dict = stored(check=_settings, what="args must be a dict of settings with plain values", key="args",

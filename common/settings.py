@@ -32,8 +32,8 @@ if TYPE_CHECKING:  # the task and the checkpoint hand their data in; neither is 
     from .checkpoint import Checkpoint
     from .task import Task
 
-# Every run before --drop-last existed dropped the last partial batch.
-LEGACY = {"drop_last": True}
+# Every run before --drop-last existed dropped the last partial batch; none accumulated gradients.
+LEGACY = {"drop_last": True, "accum_steps": 1}
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,8 @@ def starting_state(task: Task, start: Start, step_samples: int) -> RunState:
     if state.step:
         if saved.step_samples != step_samples:
             raise UserError(f"Checkpoint {ckpt.path} stopped in the middle of epoch {state.epoch + 1} with "
-                            f"{saved.step_samples} samples per step (batch size times processes), this run takes "
-                            f"{step_samples}: resume it with the same --batch-size and number of processes.")
+                            f"{saved.step_samples} samples per step (batch size times processes times --accum-steps), this "
+                            f"run takes {step_samples}: resume it with the same --batch-size, --accum-steps and "
+                            "number of processes.")
         state.epoch_sums, state.rng = saved.epoch_sums, saved.rng
     return state

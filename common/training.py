@@ -1,6 +1,7 @@
 """The objects one invocation trains with, owned by one object and whole when built: the model (and the
 DDP / compiled wrapper the steps run), the optimizer, the AMP gradient scaler, timm's EMA, and the
 learning-rate schedule. `Training.state` is what a checkpoint keeps of them."""
+import contextlib
 import sys
 import warnings
 
@@ -74,25 +75,33 @@ class Training:
         if ckpt is not None and start_epoch < settings.epochs:
             self._restore(ckpt)
         self.ema = self._ema(ckpt) if settings.model_ema else None
+        self.ddp = None  # the DDP wrapper, whose no_sync() an accumulating micro-batch takes
         self.train_model = self._wrapped(model)  # what the steps run: DDP around the model, maybe compiled
         self.schedule = Schedule(self.optimizer, settings, start_epoch)
 
-    def backward_and_step(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, last_of_step: bool = True) -> None:
+        """Add `loss`'s gradients to those of the optimizer step's earlier micro-batches. Under DDP only the
+        step's last micro-batch reduces over processes (`no_sync` before it): one all-reduce per step."""
+        scaled = self.scaler.scale(loss) if self.scaler is not None else loss
+        with contextlib.nullcontext() if last_of_step or self.ddp is None else self.ddp.no_sync():
+            scaled.backward()
+
+    def step(self) -> None:
+        """One optimizer step on the accumulated gradients: unscaled and clipped first where asked, then zeroed."""
         clip = self.ctx.settings.clip_grad
         if clip is not None:
             from timm.utils import dispatch_clip_grad  # timm takes seconds to import: only when used
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             if clip is not None:
                 self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
                 dispatch_clip_grad(self.model.parameters(), clip, mode="norm")
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             if clip is not None:
                 dispatch_clip_grad(self.model.parameters(), clip, mode="norm")
             self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def update_ema(self) -> None:
         if self.ema is not None:
@@ -149,7 +158,8 @@ class Training:
         if settings.sync_bn and ctx.env.enabled:
             model = D.convert_sync_batchnorm(model)
         if ctx.env.enabled:
-            model = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+            model = self.ddp = DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda"
+                                                       else None)
         if settings.compile:
             model = torch.compile(model)
         return model

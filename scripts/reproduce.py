@@ -1,16 +1,22 @@
 """Reproduce the paper row by row: its commands, cluster jobs for them, and where your runs stand.
 
     python scripts/reproduce.py list                          # every row: tables, the order sweep
-    python scripts/reproduce.py command scifar10_psn          # its exact command, on one GPU
-    python scripts/reproduce.py command imagenet_sew_resnet18 --gpus 8 --data-root /datasets
-    python scripts/reproduce.py slurm 'cifar10dvs_*' --gpus 2 > dvs.sh && sbatch dvs.sh
+    python scripts/reproduce.py command scifar10_psn          # its exact command, on the authors' GPU count
+    python scripts/reproduce.py command imagenet_sew_resnet18 --gpus 2 --data-root /datasets   # 2 GPUs x 4 steps
+    python scripts/reproduce.py slurm 'cifar10dvs_*' > dvs.sh && sbatch dvs.sh
+    python scripts/reproduce.py slurm imagenet_sew_resnet34 --nodes 2 --gpus 4 > in34.sh && sbatch in34.sh
     python scripts/reproduce.py status runs                   # not started / running / stopped / finished
     python scripts/reproduce.py table sequential_cifar        # the table of rows that task's README holds
 
-Rows come from paper/experiments.toml (common/experiments.py). Commands from `slurm` and
-`command --runs DIR` put each row's run in DIR/<task>/<id> with `--resume auto`, so the same
-line continues a run that a job's time limit or a requeue stopped (SIGUSR1 two minutes before
-the limit writes a mid-epoch checkpoint).
+Rows come from paper/experiments.toml (common/experiments.py). Every command keeps its row's recipe on any
+number of GPUs and nodes: the authors' global batch, per-BatchNorm batch and learning rate. Fewer processes
+than the authors' accumulate gradients (--accum-steps); more are refused unless --accept-bn-batch says that
+smaller BatchNorm batches are wanted. What was chosen is said on stderr, one line per row.
+
+Commands from `slurm` and `command --runs DIR` put each row's run in DIR/<task>/<id> with `--resume auto`, so
+the same line continues a run that a job's time limit stopped: SIGUSR1 three minutes before the limit writes
+a mid-epoch checkpoint, and the job requeues itself (`scontrol requeue`, at most --max-requeues times) when
+its run stopped before its end; a finished or failed run is not requeued.
 """
 import argparse
 import json
@@ -19,14 +25,18 @@ import os
 import re
 import shlex
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
 from common import runlog
-from common.experiments import TASKS, RegistryError, Row, load, select
+from common.experiments import ROOT, TASKS, Launch, RegistryError, Row, launcher, load, plan, select
 from common.run_dir import checkpoints_in, holder_is_gone
 
-MAX_FILE = 1 << 20  # metrics.jsonl and summary.json of a run: far below a MiB
+MAX_FILE = 1 << 20  # metrics.jsonl, summary.json and args.txt of a run: far below a MiB
+MAX_REQUEUES = 100  # requeues of one job: room for months of 24-hour jobs; a loop of stops ends there
+SIGNAL_BEFORE_LIMIT_S = 180  # the stop (10 steps at most under DDP), the save, the requeue
+RENDEZVOUS_PORTS = (20000, 20000)  # a multi-node job's c10d port: the first + its job id modulo the second
 
 
 def fmt(value) -> str:
@@ -42,31 +52,86 @@ def list_rows(rows: list[Row]) -> str:
 
 def readme_table(rows: list[Row], task: str) -> str:
     """The rows of one task's README: a row per experiment of the paper's tables (the order sweep is listed by
-    `list`), with its exact single-GPU command over datasets under D."""
+    `list`), with its exact command on the authors' GPU count over datasets under D."""
     out = ["| row | what | paper | command |", "| --- | --- | --- | --- |"]
     for r in rows:
         if r.task != task or (r.sweep and r.order != 32):
             continue
         what = f"{r.table}: {r.neuron}" + (f", order {r.order}" if r.order else "") + f", T = {r.T}"
-        out.append(f"| {r.id} | {what} | {fmt(r.paper)} | `{shlex.join(r.command(1, 'D', 'W'))}` |")
+        out.append(f"| {r.id} | {what} | {fmt(r.paper)} | `{shlex.join(r.command(None, 'D', 'W'))}` |")
     return "\n".join(out)
 
 
-def slurm_script(rows: list[Row], gpus: int, runs: str, data_root: str, weights_dir: str, time_limit: str,
-                 partition: str | None) -> str:
-    """One SLURM array job, an element per row: a signal two minutes before the limit, requeued, --resume auto."""
-    commands = [shlex.join(r.command(gpus, data_root, weights_dir, runs, stops=True)) for r in rows]
+def slurm_script(launches: list[Launch], runs: str, data_root: str, weights_dir: str, time_limit: str,
+                 partition: str | None, max_requeues: int = MAX_REQUEUES, extra: tuple[str, ...] = ()) -> str:
+    """One SLURM array job, an element per row: a signal three minutes before the limit, --resume auto, and a
+    requeue of the element while its run stopped before its end (at most `max_requeues` times)."""
+    first = launches[0]
+    nodes, gpus = first.nodes, first.gpus
     lines = ["#!/bin/bash",
-             f"#SBATCH --job-name=psn-repro --gres=gpu:{gpus} --time={time_limit} --signal=USR1@120 --requeue",
-             f"#SBATCH --array=0-{len(rows) - 1} --output=slurm-%A_%a.out"]
+             f"#SBATCH --job-name=psn-repro --nodes={nodes} --ntasks-per-node=1 --gres=gpu:{gpus} --time={time_limit}",
+             f"#SBATCH --signal=USR1@{SIGNAL_BEFORE_LIMIT_S} --requeue --array=0-{len(launches) - 1} "
+             "--output=slurm-%A_%a.out"]
     if partition:
         lines.append(f"#SBATCH --partition={partition}")
-    lines += ["# Rows of paper/experiments.toml (python scripts/reproduce.py list). Each element continues its run",
-              f"# directory ({runs}/<task>/<id>) where an earlier job of the chain stopped: the same command every time.",
-              f"cd {shlex.quote(str(Path(__file__).resolve().parents[1]))}", "rows=("]
-    lines += [f"  {shlex.quote(c)}  # {r.id}" for r, c in zip(rows, commands)]
-    lines += [")", 'eval "srun ${rows[$SLURM_ARRAY_TASK_ID]}"', ""]
+    lines += ["# Rows of paper/experiments.toml (python scripts/reproduce.py list), one per array element, each with",
+              "# its authors' global batch, per-BatchNorm batch and lr. An element continues its run directory",
+              f"# ({runs}/<task>/<id>) where the chain's last job stopped: the same command every time. When the",
+              "# time limit's signal stopped the run before its end, the element requeues itself (at most",
+              f"# {max_requeues} times); a finished or failed run is not requeued.",
+              "set -u",
+              f"cd {shlex.quote(str(ROOT))}",
+              'case "$SLURM_ARRAY_TASK_ID" in']
+    for i, launch in enumerate(launches):
+        words = launch.row.training(launch, data_root, weights_dir, runs, extra)
+        lines += [f"  {i}) id={launch.row.id}; row=({shlex.join(words)}) ;;",
+                  f"     # {launch.describe()}"]
+    lines += ['  *) echo "psn-repro: no row for array element $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;', "esac"]
+    if nodes > 1:
+        lines += ["# One torchrun per node; they meet at the first node (c10d), which gives each its node rank.",
+                  'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+                  f"port=$(({RENDEZVOUS_PORTS[0]} + SLURM_JOB_ID % {RENDEZVOUS_PORTS[1]}))",
+                  f"launch=({shlex.join(launcher(first, True, ('HEAD', 'ID')))})"
+                  .replace("--rdzv-endpoint=HEAD", '--rdzv-endpoint="$head:$port"')
+                  .replace("--rdzv-id=ID", '--rdzv-id="psn-$SLURM_JOB_ID"')]
+    else:
+        lines.append(f"launch=({shlex.join(launcher(first, True))})")
+    lines += ["started=$(date +%s)",
+              f'srun --nodes={nodes} --ntasks-per-node=1 "${{launch[@]}}" "${{row[@]}}"',
+              f'ended=$(python scripts/reproduce.py ended "$id" --runs {shlex.quote(runs)} --since "$started")',
+              "segment=$((${SLURM_RESTART_COUNT:-0} + 1))",
+              'case "$ended" in',
+              '  finished) echo "psn-repro: $id is finished (job segment $segment)." ;;',
+              f'  stopped) if [ "$segment" -le {max_requeues} ]; then',
+              '             echo "psn-repro: $id stopped before its end (job segment $segment): requeued to continue."',
+              '             scontrol requeue "$SLURM_JOB_ID"',
+              "           else",
+              f'             echo "psn-repro: $id stopped before its end, but this job was requeued {max_requeues} '
+              'times already (--max-requeues): submit it again to go on." >&2; exit 1',
+              "           fi ;;",
+              '  *) echo "psn-repro: $id ${ended:-could not be checked}: not requeued (its output above says why)." >&2;'
+              " exit 1 ;;",
+              "esac", ""]
     return "\n".join(lines)
+
+
+def ended(row: Row, runs: Path, since: float) -> str:
+    """How a job's run of `row` ended, from its run directory: 'finished' (all its epochs done), 'stopped' (a
+    signal stopped it before its end, after a checkpoint, in this job: summary.json written since `since`),
+    or 'failed' (anything else: a crash, a stop before any checkpoint, nothing written in this job)."""
+    run_dir = runs / row.task / row.id
+    try:
+        if os.stat(run_dir / runlog.SUMMARY).st_mtime < since:
+            return "failed"
+    except OSError:
+        return "failed"
+    summary = _summary(run_dir)
+    done, epochs = _count(summary.get("epochs_done")), _count(summary.get("epochs", row.epochs))
+    if done is None or epochs is None:
+        return "failed"
+    if done >= epochs and "stopped" not in summary:
+        return "finished"
+    return "stopped" if "stopped" in summary and done < epochs else "failed"
 
 
 def _check_script_values(args) -> None:
@@ -75,6 +140,8 @@ def _check_script_values(args) -> None:
         raise RegistryError(f"--time {args.time!r} is not a SLURM time limit (minutes, HH:MM:SS, D-HH:MM:SS).")
     if args.partition is not None and not re.fullmatch(r"[A-Za-z0-9_.,-]{1,64}", args.partition):
         raise RegistryError(f"--partition {args.partition!r} is not a partition name (letters, digits, _ . , -).")
+    if not 0 <= args.max_requeues <= 10**4:
+        raise RegistryError(f"--max-requeues {args.max_requeues} must lie in 0..10000.")
     for flag, value in (("--runs", args.runs), ("--data-root", args.data_root), ("--weights-dir", args.weights_dir)):
         if not value or not value.isprintable():
             raise RegistryError(f"{flag} {value!r} must be a printable path (no newline).")
@@ -106,6 +173,24 @@ def _metrics(run_dir: Path) -> list[dict]:
     return records
 
 
+def _summary(run_dir: Path) -> dict:
+    """The run's summary.json (its last invocation's final line), or {} when absent or damaged."""
+    try:
+        summary = json.loads(_read_small(run_dir / runlog.SUMMARY) or "")
+    except (ValueError, RecursionError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**6 else None
+
+
+def _segments(run_dir: Path) -> int:
+    """How many invocations trained the run: args.txt has a `# provenance:` line for each."""
+    return sum(line.startswith("# provenance: ") for line in (_read_small(run_dir / runlog.ARGS) or "").splitlines())
+
+
 def _lock_holder(run_dir: Path) -> str | None:
     """'host pid' of a live run holding the directory; None when no run holds it (or its process is gone)."""
     holder = (_read_small(run_dir / runlog.LOCK) or "").strip()
@@ -118,18 +203,19 @@ def row_status(row: Row, runs: Path) -> dict:
     accuracies = [m["test/acc1"] for m in metrics if isinstance(m.get("test/acc1"), (int, float))
                   and 0 <= m["test/acc1"] <= 100]
     done = max((m["epoch"] for m in metrics), default=0)
+    epochs = _count(_summary(run_dir).get("epochs")) or row.epochs  # the run's own (--extra may set --epochs)
     best = max(accuracies) if accuracies else None
     holder = _lock_holder(run_dir)
-    status = {"id": row.id, "run_dir": str(run_dir), "epochs_done": done, "epochs": row.epochs, "best": best,
-              "paper": row.paper, "difference": None if best is None else best - row.paper}
+    status = {"id": row.id, "run_dir": str(run_dir), "epochs_done": done, "epochs": epochs,
+              "segments": _segments(run_dir), "best": best, "paper": row.paper, "difference": None if best is None else best - row.paper}
     if holder is not None:
         times = [m["train/epoch_time_s"] for m in metrics if isinstance(m.get("train/epoch_time_s"), (int, float))
                  and 0 <= m["train/epoch_time_s"] <= 10**7]  # a damaged line's 1e308 would make the ETA infinite
-        eta = (sum(times) / len(times)) * (row.epochs - done) if times else None
+        eta = (sum(times) / len(times)) * (epochs - done) if times else None
         status.update(state="running", where=holder, eta_s=eta)
     elif not run_dir.is_dir() or not checkpoints_in(run_dir):
         status.update(state="not started" if not metrics else "stopped")
-    elif done >= row.epochs:
+    elif done >= epochs:
         status.update(state="finished")
     else:
         status.update(state="stopped")
@@ -137,16 +223,68 @@ def row_status(row: Row, runs: Path) -> dict:
 
 
 def status_table(statuses: list[dict]) -> str:
-    out = ["| row | state | epochs | best | paper | best - paper | run |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| row | state | epochs | segments | best | paper | best - paper | run |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in statuses:
         state = s["state"]
         if state == "running":
             eta = s.get("eta_s")
             state += f" ({s['where']}" + (f", ETA {int(eta // 3600)}:{int(eta // 60 % 60):02d})" if eta else ")")
         diff = "—" if s["difference"] is None else f"{s['difference']:+.2f}"
-        out.append(f"| {s['id']} | {state} | {s['epochs_done']}/{s['epochs']} | {fmt(s['best'])} | {fmt(s['paper'])} | "
+        out.append(f"| {s['id']} | {state} | {s['epochs_done']}/{s['epochs']} | {s['segments']} | {fmt(s['best'])} | "
+                   f"{fmt(s['paper'])} | "
                    f"{diff} | {s['run_dir']} |")
     return "\n".join(out)
+
+
+def _slurm_head(nodes: int) -> tuple[str, str]:
+    """The c10d rendezvous (endpoint, id) of a multi-node command run inside this SLURM allocation: its first
+    node, a port from its job id."""
+    job, nodelist = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_JOB_NODELIST")
+    if not job or not nodelist:
+        raise RegistryError(f"--nodes {nodes} reads the head node from SLURM, and this shell is not in a SLURM "
+                            "allocation (no SLURM_JOB_ID / SLURM_JOB_NODELIST): run it inside salloc or sbatch, or "
+                            "write a batch script with `slurm --nodes`.")
+    if not job.isdigit():
+        raise RegistryError(f"SLURM_JOB_ID {job!r} is not a job id.")
+    have = os.environ.get("SLURM_JOB_NUM_NODES", os.environ.get("SLURM_NNODES", ""))
+    if have.isdigit() and int(have) < nodes:
+        raise RegistryError(f"--nodes {nodes} asks for more nodes than this allocation has ({have}).")
+    try:
+        shown = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                               timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RegistryError(f"scontrol could not name this allocation's nodes ({e}).") from None
+    hosts = shown.stdout.split()
+    if shown.returncode != 0 or not hosts or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,253}", hosts[0]):
+        raise RegistryError(f"scontrol could not name this allocation's nodes ({shown.stderr.strip()[:200]}).")
+    port = RENDEZVOUS_PORTS[0] + int(job) % RENDEZVOUS_PORTS[1]
+    return f"{hosts[0]}:{port}", f"psn-{job}"
+
+
+def _gpus_per_node(rows: list[Row], gpus: int | None, nodes: int) -> int:
+    """--gpus, or the authors' count spread over the nodes, which the rows must share."""
+    if gpus is not None:
+        return gpus
+    counts = {r.gpus for r in rows}
+    if len(counts) > 1:
+        raise RegistryError("These rows ran on different numbers of GPUs "
+                            f"({', '.join(sorted({f'{r.id}: {r.gpus}' for r in rows}))}); give --gpus, or write one "
+                            "script per group.")
+    authors = counts.pop()
+    if authors % nodes:
+        raise RegistryError(f"The authors ran these rows on {authors} GPUs, which {nodes} nodes do not share "
+                            "evenly; give --gpus (per node).")
+    return max(authors // nodes, 1)
+
+
+def _extra(text: str) -> tuple[str, ...]:
+    if not text.isprintable():
+        raise RegistryError("--extra must be printable (no newline).")
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as e:
+        raise RegistryError(f"--extra {text!r} is not a list of shell words ({e}).") from None
 
 
 def main(argv=None) -> int:
@@ -158,19 +296,27 @@ def main(argv=None) -> int:
     common.add_argument("--data-root", default="./data", help="datasets below it: CIFAR10, CIFAR100, CIFAR10DVS, ImageNet")
     common.add_argument("--weights-dir", default="./checkpoints/torchvision",
                         help="torchvision's ImageNet ResNet weights for the ImageNet rows' --load")
+    common.add_argument("--gpus", type=int, default=None, help="GPUs per node (default: the authors' count, over "
+                                                              "the nodes)")
+    common.add_argument("--nodes", type=int, default=1, help="machines: one torchrun each, meeting at the first "
+                                                             "(c10d), all read from SLURM")
+    common.add_argument("--accept-bn-batch", action="store_true",
+                        help="with more processes than the authors', split the global batch into smaller "
+                             "per-process (BatchNorm) batches instead of refusing")
+    common.add_argument("--extra", default="", help="more flags for every row's command, e.g. '--workers 8 "
+                                                    "--channels-last' (given last, they win)")
     command = sub.add_parser("command", parents=[common], help="a row's exact command",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     command.add_argument("row")
-    command.add_argument("--gpus", type=int, default=1, help="processes on this machine (torchrun when above 1)")
     command.add_argument("--runs", default=None, help="put the run in RUNS/<task>/<id>, with --resume auto")
     slurm = sub.add_parser("slurm", parents=[common], help="a SLURM array job script for rows (ids, tables, patterns)",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     slurm.add_argument("rows", nargs="+")
-    slurm.add_argument("--gpus", type=int, default=None, help="GPUs per job (default: the authors' count, which the "
-                                                              "rows must share)")
     slurm.add_argument("--runs", default="runs", help="run directories: RUNS/<task>/<id>")
     slurm.add_argument("--time", default="24:00:00", help="time limit of each job; a chain of jobs continues the run")
     slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--max-requeues", type=int, default=MAX_REQUEUES,
+                       help="how many times a job requeues itself to continue a stopped run")
     table = sub.add_parser("table", help="a task's rows as the Markdown table its README holds")
     table.add_argument("task", choices=TASKS)
     status = sub.add_parser("status", help="where each row's run stands, beside the paper",
@@ -179,6 +325,11 @@ def main(argv=None) -> int:
     status.add_argument("rows", nargs="*", help="rows to show (default: every row that has a run, or all with --all)")
     status.add_argument("--all", action="store_true", help="also the rows not started")
     status.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    end = sub.add_parser("ended", help="how a job's run of a row ended (finished, stopped, failed): what a "
+                                       "SLURM script asks before it requeues")
+    end.add_argument("row")
+    end.add_argument("--runs", required=True)
+    end.add_argument("--since", type=float, required=True, help="the job's start (seconds since 1970)")
     args = p.parse_args(argv)
     try:
         rows = load()
@@ -186,25 +337,31 @@ def main(argv=None) -> int:
             print(list_rows(rows))
         elif args.verb == "table":
             print(readme_table(rows, args.task))
-        elif args.verb == "command":
+        elif args.verb in ("command", "ended"):
             row = select(rows, [args.row])
             if len(row) != 1:
                 raise RegistryError(f"{args.row!r} names {len(row)} rows; give one id.")
-            if args.gpus < 1:
-                raise RegistryError("--gpus must be at least 1.")
-            print(shlex.join(row[0].command(args.gpus, args.data_root, args.weights_dir, args.runs,
-                                            stops=args.gpus > 1)))
+            if args.verb == "ended":
+                print(ended(row[0], Path(args.runs), args.since))
+                return 0
+            extra = _extra(args.extra)
+            launch = plan(row[0], _gpus_per_node(row, args.gpus, args.nodes), args.nodes, args.accept_bn_batch)
+            rendezvous = _slurm_head(args.nodes) if args.nodes > 1 else None
+            words = row[0].command(launch, args.data_root, args.weights_dir, args.runs, stops=launch.processes > 1,
+                                   rendezvous=rendezvous, extra=extra)
+            if args.nodes > 1:
+                words = ["srun", f"--nodes={args.nodes}", "--ntasks-per-node=1", *words]
+            print(launch.describe(), file=sys.stderr)
+            print(shlex.join(words))
         elif args.verb == "slurm":
             _check_script_values(args)
             chosen = select(rows, args.rows)
-            gpus = args.gpus if args.gpus is not None else chosen[0].gpus
-            if args.gpus is None and len({r.gpus for r in chosen}) > 1:
-                raise RegistryError("These rows ran on different numbers of GPUs "
-                                    f"({', '.join(sorted({f'{r.id}: {r.gpus}' for r in chosen}))}); give --gpus, or "
-                                    "write one script per group.")
-            if gpus < 1:
-                raise RegistryError("--gpus must be at least 1.")
-            print(slurm_script(chosen, gpus, args.runs, args.data_root, args.weights_dir, args.time, args.partition))
+            gpus = _gpus_per_node(chosen, args.gpus, args.nodes)
+            launches = [plan(r, gpus, args.nodes, args.accept_bn_batch) for r in chosen]
+            for launch in launches:
+                print(launch.describe(), file=sys.stderr)
+            print(slurm_script(launches, args.runs, args.data_root, args.weights_dir, args.time, args.partition,
+                               args.max_requeues, _extra(args.extra)))
         else:
             runs = Path(args.runs_dir)
             if not runs.is_dir():

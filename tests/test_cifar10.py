@@ -10,7 +10,7 @@ import torch
 
 from cifar10.models import CIFAR10Net
 from common.weights import load_model_weights
-from conftest import FIXTURES, QUICK, ROOT, free_port, last_json, manifest, read_scalars, run_script, script_env
+from conftest import FIXTURES, QUICK, ROOT, last_json, manifest, read_scalars, run_script, script_env
 
 SCRIPT = "cifar10/train.py"
 TAGS = {"train/loss", "train/acc1", "test/loss", "test/acc1", "test/acc5", "lr", "train/images_per_s",
@@ -136,22 +136,6 @@ def test_torchrun_two_processes_match_single_process_evaluation(tmp_path, torchr
     assert single["test_acc1"] == pytest.approx(scalars["test/acc1"][-1][1], abs=1e-4)
     assert single["test_loss"] == pytest.approx(scalars["test/loss"][-1][1], rel=1e-5)
     assert single["test_acc5"] == pytest.approx(scalars["test/acc5"][-1][1], abs=1e-4)
-
-
-def test_two_nodes_one_process_each_over_c10d_rendezvous(tmp_path, torchrun):
-    port = free_port()
-    from conftest import ROOT
-    cmd = torchrun + ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
-                      f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=psn-test", str(ROOT / SCRIPT),
-                      *QUICK, "--epochs", "1", "--output-dir", str(tmp_path), "--run-name", "nodes"]
-    nodes = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=script_env()) for _ in range(2)]
-    outputs = [node.communicate(timeout=600) for node in nodes]
-    for node, (stdout, stderr) in zip(nodes, outputs):
-        assert node.returncode == 0, stderr
-    records = [last_json(stdout) for stdout, _ in outputs if stdout.strip().startswith("run directory")]
-    assert len(records) == 1 and records[0]["epochs_done"] == 1
-    assert (tmp_path / "nodes" / "checkpoint_latest.pth").is_file()
 
 
 def _fails_cleanly(result, *fragments):

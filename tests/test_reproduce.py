@@ -53,16 +53,18 @@ def test_commands_and_a_slurm_script(tmp_path, capsys):
     single = shlex.split(capsys.readouterr().out)
     assert single[:2] == ["python", "sequential_cifar/train.py"] and "--data-dir" in single
     assert single[single.index("--data-dir") + 1] == "/data/CIFAR10" and single[-3:] == ["-P", "32", "--amp"]
-    assert reproduce.main(["command", "imagenet_sew_resnet18", "--gpus", "8", "--runs", "runs"]) == 0
+    assert reproduce.main(["command", "imagenet_sew_resnet18", "--runs", "runs"]) == 0  # the authors' 8 GPUs
     many = shlex.split(capsys.readouterr().out)
     assert many[:3] == ["torchrun", "--standalone", "--nproc_per_node=8"]
     assert "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in many
     assert many[-6:] == ["--output-dir", "runs/imagenet", "--run-name", "imagenet_sew_resnet18", "--resume", "auto"]
 
     assert reproduce.main(["slurm", "scifar100_masked_psn_P*", "--time", "12:00:00"]) == 0
-    script = capsys.readouterr().out
-    assert "#SBATCH --job-name=psn-repro --gres=gpu:1 --time=12:00:00 --signal=USR1@120 --requeue" in script
-    assert "--array=0-31" in script and script.count("--resume auto") == 32
+    captured = capsys.readouterr()
+    script = captured.out
+    assert "#SBATCH --job-name=psn-repro --nodes=1 --ntasks-per-node=1 --gres=gpu:1 --time=12:00:00" in script
+    assert "#SBATCH --signal=USR1@180 --requeue --array=0-31 " in script and script.count("--resume auto") == 32
+    assert captured.err.count("global batch 128 = 1 process x 128, lr 0.1 (the authors': 1 GPU x 128).") == 32
     (tmp_path / "job.sh").write_text(script)
     assert subprocess.run(["bash", "-n", str(tmp_path / "job.sh")]).returncode == 0  # valid shell
     assert reproduce.main(["slurm", "cifar10_psn", "cifar10dvs_T4"]) == 2  # 1 and 2 GPUs: one script each
@@ -154,7 +156,9 @@ def test_the_downloaders_help_gives_every_default():
 
 
 @pytest.mark.parametrize("flags", [["--time", "1:00\n#SBATCH --x"], ["--partition", "gpu\nrm -rf ~"],
-                                   ["--runs", "runs\n#SBATCH --x"], ["--time", "forever"], ["--gpus", "0"]])
+                                   ["--runs", "runs\n#SBATCH --x"], ["--time", "forever"], ["--gpus", "0"],
+                                   ["--extra", "--workers 8\nrm -rf ~"], ["--extra", "'unclosed"],
+                                   ["--max-requeues", "-1"], ["--nodes", "0"]])
 def test_slurm_values_cannot_inject_lines_or_change_a_row(flags, capsys):
     assert reproduce.main(["slurm", "*", *flags]) == 2
     captured = capsys.readouterr()
@@ -174,3 +178,82 @@ def test_status_reads_damaged_metrics_and_locks_without_a_traceback(tmp_path, ca
     assert reproduce.main(["status", str(tmp_path), "--json"]) == 0
     status = json.loads(capsys.readouterr().out.splitlines()[0])
     assert status["epochs_done"] == 2 and status["best"] == 50.0 and status["state"] == "stopped"
+
+
+def _words(capsys) -> tuple[list[str], str]:
+    captured = capsys.readouterr()
+    return shlex.split(captured.out), captured.err
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 4, 8])
+def test_every_row_keeps_its_authors_global_batch_bn_batch_and_lr_on_any_gpu_count(gpus, capsys):
+    """Each row's command on 1, 2, 4 and 8 GPUs, parsed by its task's own parser: the samples per optimizer step
+    (-b x processes x --accum-steps, or -b where -b is the total), the samples each process's BatchNorm sees, and
+    the lr are the authors'; where more GPUs would shrink BatchNorm's batch, the command refuses in one sentence
+    unless --accept-bn-batch."""
+    for row in ROWS:
+        task = importlib.import_module(f"{row.task}.train").TASK
+        assert task.global_batch == (row.task in experiments.TOTAL_BATCH_TASKS), row.task
+        authors = task.parse(row.arguments("/d", "/w"))
+        authors_step = authors.batch_size * (1 if task.global_batch else row.gpus)
+        authors_bn = authors.batch_size // row.gpus if task.global_batch else authors.batch_size
+        for accept in ([], ["--accept-bn-batch"]):
+            code = reproduce.main(["command", row.id, "--gpus", str(gpus), *accept])
+            words, err = _words(capsys)
+            if gpus > row.gpus and not accept:
+                assert code == 2 and words == [] and err.startswith(f"error: {row.id} ran on {row.gpus} GPU")
+                assert f"each BatchNorm would see {authors_step // gpus} samples" in err
+                continue
+            assert code == 0, err
+            processes = gpus
+            assert (words[0] == "python") == (processes == 1), words[:3]
+            if processes > 1:
+                assert f"--nproc_per_node={gpus}" in words
+            script = words.index(f"{row.task}/train.py")
+            s = task.parse(words[script + 1:])
+            step = s.batch_size * (1 if task.global_batch else processes * s.accum_steps)
+            bn = s.batch_size // (processes * s.accum_steps) if task.global_batch else s.batch_size
+            assert step == authors_step == row.global_batch, (row.id, gpus)
+            assert s.lr == authors.lr and s.epochs == authors.epochs and s.cos_lr_T == authors.cos_lr_T
+            assert (bn == authors_bn) == (gpus <= row.gpus), (row.id, gpus, bn)
+            assert s.accum_steps == max(row.gpus // gpus, 1)
+            assert err.startswith(f"{row.id}: global batch {authors_step} = ") and err.count("\n") == 1
+
+
+def test_a_gpu_count_that_cannot_keep_the_recipe_is_one_sentence(capsys):
+    assert reproduce.main(["command", "imagenet_sew_resnet18", "--gpus", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: imagenet_sew_resnet18 ran on 8 GPUs with a global batch of 512 and 64 samples per "
+                   "BatchNorm; 3 processes cannot keep both (gradients accumulate over a whole number of "
+                   "micro-batches): use 1, 2, 4 or 8 processes.\n")
+    assert reproduce.main(["command", "imagenet_sew_resnet18", "--nodes", "2"]) == 2  # no SLURM here
+    assert "not in a SLURM allocation" in capsys.readouterr().err
+    assert reproduce.main(["command", "cifar10dvs_T4", "--nodes", "3"]) == 2  # 2 GPUs over 3 nodes
+    assert "do not share evenly" in capsys.readouterr().err
+
+
+def test_ended_tells_a_stop_in_this_job_from_a_finish_a_crash_and_an_old_stop(tmp_path, capsys):
+    import time
+
+    row = {r.id: r for r in ROWS}["cifar10_psn"]
+    folder = tmp_path / "cifar10" / "cifar10_psn"
+    folder.mkdir(parents=True)
+    summary = folder / "summary.json"
+
+    def state(record, age=0.0):
+        if record is None:
+            summary.unlink(missing_ok=True)
+        else:
+            summary.write_text(record if isinstance(record, str) else json.dumps(record))
+            os.utime(summary, (time.time() - age, time.time() - age))
+        assert reproduce.main(["ended", row.id, "--runs", str(tmp_path), "--since", str(time.time() - 60)]) == 0
+        return capsys.readouterr().out.strip()
+
+    assert state({"epochs_done": 3, "epochs": 8, "stopped": "SIGUSR1"}) == "stopped"
+    assert state({"epochs_done": 3, "epochs": 8, "stopped": "SIGUSR1"}, age=3600) == "failed"  # an earlier job's
+    assert state({"epochs_done": 8, "epochs": 8}) == "finished"
+    assert state({"epochs_done": 3}) == "failed"  # neither stopped nor done (the row's 1024 epochs)
+    assert state({"epochs_done": 1024}) == "finished"  # from before summaries named their epochs
+    assert state(None) == "failed"
+    for damaged in ('{"epochs_done": true, "epochs": 8, "stopped": 1}', "[1]", "{", '{"epochs_done": 1e400}'):
+        assert state(damaged) == "failed"
