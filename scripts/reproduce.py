@@ -109,8 +109,8 @@ def slurm_script(launches: list[Launch], runs: str, data_root: str, weights_dir:
               f'             echo "psn-repro: $id stopped before its end, but this job was requeued {max_requeues} '
               'times already (--max-requeues): submit it again to go on." >&2; exit 1',
               "           fi ;;",
-              '  *) echo "psn-repro: $id ${ended:-could not be checked}: not requeued (its output above says why)." >&2;'
-              " exit 1 ;;",
+              '  *) echo "psn-repro: $id ${ended:-could not be checked}: not requeued (its output above says why)."'
+              " >&2; exit 1 ;;",
               "esac", ""]
     return "\n".join(lines)
 
@@ -207,7 +207,8 @@ def row_status(row: Row, runs: Path) -> dict:
     best = max(accuracies) if accuracies else None
     holder = _lock_holder(run_dir)
     status = {"id": row.id, "run_dir": str(run_dir), "epochs_done": done, "epochs": epochs,
-              "segments": _segments(run_dir), "best": best, "paper": row.paper, "difference": None if best is None else best - row.paper}
+              "segments": _segments(run_dir), "best": best, "paper": row.paper,
+              "difference": None if best is None else best - row.paper}
     if holder is not None:
         times = [m["train/epoch_time_s"] for m in metrics if isinstance(m.get("train/epoch_time_s"), (int, float))
                  and 0 <= m["train/epoch_time_s"] <= 10**7]  # a damaged line's 1e308 would make the ETA infinite

@@ -33,11 +33,13 @@ def model(bn: bool) -> nn.Module:
 
 def train(order: list[int], batch: int, accum: int, bn: bool, flags: list[str] = (), drop_last: bool = True):
     """The engine's epoch over `order` (this process's samples, in order); returns (parameters, EMA parameters or
-    None, the epoch's sums) once done."""
+    None, the epoch's sums, the evaluation of the trained model on all samples, sharded over the processes as
+    the tasks shard their test sets)."""
     from cifar10 import train as cifar10_train
     from common import distributed as D
     from common.context import make_context
-    from common.engine import train_one_epoch
+    from common.data import make_loader
+    from common.engine import evaluate, train_one_epoch
     from common.progress import Progress
     from common.stops import StopRequests
     from common.training import Training
@@ -52,7 +54,10 @@ def train(order: list[int], batch: int, accum: int, bn: bool, flags: list[str] =
     result = train_one_epoch(training, loader, nn.functional.cross_entropy, lambda out: out, ctx,
                              Progress(env, 1), 0)
     ema = None if training.ema is None else [p.detach().clone() for p in training.ema.module.parameters()]
-    return [p.detach().clone() for p in training.model.parameters()], ema, result.sums
+    test = make_loader(data(), 5, 0, False, env, 0)  # 48 samples: uneven shards and batches
+    metrics = evaluate(training.model, test, nn.functional.cross_entropy, lambda out: out, ctx, Progress(env, 1),
+                       CLASSES)
+    return [p.detach().clone() for p in training.model.parameters()], ema, result.sums, metrics
 
 
 def main(argv: list[str]) -> None:
@@ -60,9 +65,9 @@ def main(argv: list[str]) -> None:
 
     out, batch, accum, bn, orders, *flags = argv
     rank = int(os.environ.get("RANK", 0))
-    params, ema, sums = train(json.loads(orders)[rank], int(batch), int(accum), bn == "1", flags)
+    params, ema, sums, metrics = train(json.loads(orders)[rank], int(batch), int(accum), bn == "1", flags)
     if rank == 0:
-        torch.save({"params": params, "ema": ema, "sums": sums.as_list()}, out)
+        torch.save({"params": params, "ema": ema, "sums": sums.as_list(), "metrics": metrics}, out)
     D.teardown()
 
 

@@ -36,10 +36,10 @@ def moved(params) -> float:
 @pytest.mark.parametrize("flags", [[], ["--clip-grad", "0.05"], ["--model-ema", "--model-ema-decay", "0.5"],
                                    ["--opt", "adamw", "--lr", "0.01"]])
 def test_k_micro_batches_give_the_weights_of_one_k_times_batch(flags):
-    big, big_ema, big_sums = train(ORDER, 12, 1, False, flags)
+    big, big_ema, big_sums, _ = train(ORDER, 12, 1, False, flags)
     assert moved(big) > 1e-2
     for batch, accum in ((6, 2), (4, 3), (3, 4), (1, 12)):
-        params, ema, sums = train(ORDER, batch, accum, False, flags)
+        params, ema, sums, _ = train(ORDER, batch, accum, False, flags)
         assert_same(params, big)
         if big_ema is not None:
             assert_same(ema, big_ema)
@@ -48,12 +48,12 @@ def test_k_micro_batches_give_the_weights_of_one_k_times_batch(flags):
 
 def test_a_last_partial_step_and_dropped_micro_batches_match_the_big_batch():
     order = ORDER[:46]  # 46 = 3 x 12 + 10: a last batch of 10
-    big, _, _ = train(order, 12, 1, False, drop_last=False)
-    params, _, sums = train(order, 4, 3, False, drop_last=False)  # last step: micro-batches of 4, 4 and 2
+    big, *_ = train(order, 12, 1, False, drop_last=False)
+    params, _, sums, _ = train(order, 4, 3, False, drop_last=False)  # last step: micro-batches of 4, 4 and 2
     assert_same(params, big)
     assert sums.samples == 46
-    dropped, _, _ = train(order, 12, 1, False, drop_last=True)  # the last 10 samples left out...
-    params, _, sums = train(order, 4, 3, False, drop_last=True)  # ...as the micro-batches that fill no step
+    dropped, *_ = train(order, 12, 1, False, drop_last=True)  # the last 10 samples left out...
+    params, _, sums, _ = train(order, 4, 3, False, drop_last=True)  # ...as the micro-batches that fill no step
     assert_same(params, dropped)
     assert sums.samples == 36
     with pytest.raises(AssertionError):
@@ -74,16 +74,20 @@ def test_under_torchrun_accumulation_equals_the_big_batch_and_per_bn_batch_is_ke
     # Two processes x 2 micro-batches of 3 = the step of two processes x 6 = one process x 12 (rank 0's 6, then 1's).
     ddp = _torchrun(tmp_path, torchrun, 3, 2, False, ranks)
     one = [i for s in range(4) for r in ranks for i in r[6 * s:6 * s + 6]]
-    big, _, big_sums = train(one, 12, 1, False)
+    big, _, big_sums, big_metrics = train(one, 12, 1, False)
     assert_same(ddp["params"], big)
+    # The training sums over two processes are one process's over the same samples; so is the evaluation.
     assert ddp["sums"][:3] == pytest.approx(big_sums.as_list()[:3], rel=1e-12)
+    assert ddp["metrics"]["samples"] == big_metrics["samples"] == SAMPLES
+    for key in ("loss", "acc1"):
+        assert ddp["metrics"][key] == pytest.approx(big_metrics[key], rel=1e-9)
     # With BatchNorm: two processes with a batch of 4 = one process accumulating 2 micro-batches of 4 (rank 0's,
     # then rank 1's): every BatchNorm normalises over the same 4 samples.
     ddp_bn = _torchrun(tmp_path, torchrun, 4, 1, True, ranks)
     one = [i for s in range(6) for r in ranks for i in r[4 * s:4 * s + 4]]
-    accumulated, _, _ = train(one, 4, 2, True)
+    accumulated, *_ = train(one, 4, 2, True)
     assert_same(ddp_bn["params"], accumulated)
-    merged, _, _ = train(one, 8, 1, True)  # one BatchNorm batch of 8 is another recipe
+    merged, *_ = train(one, 8, 1, True)  # one BatchNorm batch of 8 is another recipe
     with pytest.raises(AssertionError):
         assert_same(merged, accumulated, tol=1e-6)
 

@@ -4,17 +4,29 @@ import json
 from conftest import run_script
 
 
-def test_benchmark_smoke_run_writes_tables_and_json(tmp_path):
+def test_benchmark_tables_report_the_numbers_it_measured(tmp_path):
+    """A CPU run (the real numbers need a GPU): the Markdown tables print the very numbers of the JSON, and each
+    ratio is the two timings it compares (SpikingJelly / ours per neuron; ours / SpikingJelly per network)."""
     out = run_script("scripts/benchmark_psn.py", "--quick", "--device", "cpu", "--json", tmp_path / "b.json")
-    assert "### Neurons" in out.stdout and "### Networks" in out.stdout
     data = json.loads((tmp_path / "b.json").read_text())
-    assert [r["T"] for r in data["neurons"]] == [4, 8]
-    for row in data["neurons"]:
-        for name in ("PSN", "MaskedPSN", "SlidingPSN"):
-            assert row[f"{name}_ours_ms"] > 0 and row[f"{name}_sj_ms"] > 0
-        assert row["floor_ms"] > 0 and row["LIF_sj_ms"] > 0
-    assert len(data["networks"]) == 2
-    assert all(r["ours_images_per_s"] > 0 and r["free_images_per_s"] > 0 for r in data["networks"])
+    assert [r["T"] for r in data["neurons"]] == [4, 8] and len(data["networks"]) == 2
+    rows = {}
+    for line in out.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0] not in ("dtype", "network", "---"):
+            rows[(cells[0], cells[1]) if cells[0] in ("float32", "float16", "bfloat16") else cells[0]] = cells
+    for r in data["neurons"]:
+        cells = rows[(r["dtype"], str(r["T"]))]
+        assert cells[2] == f"{r['floor_ms']:.3f}" and r["floor_ms"] > 0
+        for i, name in enumerate(("PSN", "MaskedPSN", "SlidingPSN")):
+            ours, theirs = r[f"{name}_ours_ms"], r[f"{name}_sj_ms"]
+            assert cells[3 + 3 * i].startswith(f"{ours:.3f} (") and cells[4 + 3 * i].startswith(f"{theirs:.3f} (")
+            assert cells[5 + 3 * i] == f"{theirs / ours:.1f}x"
+    for r in data["networks"]:
+        cells = rows[r["network"]]
+        assert cells[1] == f"{r['ours_images_per_s']:.0f}" and cells[2] == f"{r['sj_images_per_s']:.0f}"
+        assert cells[3] == f"{r['ours_images_per_s'] / r['sj_images_per_s']:.2f}x"
+        assert r["free_images_per_s"] > 0 and cells[6] == f"{r['free_images_per_s']:.0f}"
 
 
 def test_swapping_in_spikingjelly_keeps_the_function():

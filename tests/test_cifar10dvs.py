@@ -177,13 +177,22 @@ def test_the_original_command_parses():
         ("sgd", 0.1, 0.9, 5e-4, 2, True)
 
 
-def test_dropout_of_the_original_equals_elementwise_dropout():
-    x = torch.randn(64, 100)
+def test_the_classifier_drops_what_the_originals_dropout2d_dropped():
+    """The original put nn.Dropout2d(0.25) before the classifier's Linear on the [T*N, 4608] features (a 2-D
+    input, which torch drops element-wise): our classifier, in training, gives the same output for the same
+    seed, dropping a quarter of the features."""
+    from cifar10dvs.models import VGGSlidingPSN
+
     torch.manual_seed(0)
+    classifier = VGGSlidingPSN().classifier.train()
+    x = torch.randn(4, 3, 512 * 3 * 3)  # [T, N, features]
+    torch.manual_seed(1)
+    ours = classifier(x)
+    torch.manual_seed(1)
     with pytest.warns(UserWarning):
-        a = F.dropout2d(x, 0.25, True)
-    torch.manual_seed(0)
-    assert torch.equal(a, F.dropout(x, 0.25, True))
+        dropped = F.dropout2d(x.flatten(0, 1), 0.25, True)
+    assert torch.equal(ours, classifier[0].module[1](dropped).view(4, 3, -1))
+    assert 0.23 < (dropped == 0).float().mean() < 0.27
 
 
 @pytest.mark.parametrize("damage", [pytest.param("missing_one", marks=pytest.mark.slow), "corrupt_one"])

@@ -15,7 +15,7 @@ from common.checkpoint import LEGACY_FORMAT, read_checkpoint, save_checkpoint
 from common.weights import load_model_weights
 from common.distributed import DistEnv, ShardSampler, convert_sync_batchnorm
 from common.errors import UserError
-from common.neurons import MaskedPSN, SlidingPSN
+from common.neurons import PSN, MaskedPSN, SlidingPSN
 from conftest import FIXTURES, QUICK
 
 
@@ -69,14 +69,56 @@ def test_every_layout_loads_to_the_same_weights(layout, tmp_path):
         assert ckpt.state.settings["model"] == "x"
 
 
-def test_original_masked_and_sliding_names_convert():
-    net = torch.nn.Sequential(MaskedPSN(k=2, T=4), SlidingPSN(k=3))
-    sd = {"0.fc.weight": torch.randn(4, 4), "0.fc.bias": torch.randn(4), "0.fc.mask0": net[0].mask0.clone(),
-          "0.fc.mask1": net[0].mask1.clone(), "1.weight": torch.randn(3), "1.threshold": torch.tensor(-0.5)}
-    load_model_weights(net, read_checkpoint_from(sd))
-    assert torch.equal(net[0].weight, sd["0.fc.weight"]) and torch.equal(net[0].bias[:, 0], sd["0.fc.bias"])
-    assert net[0].lambda_.item() == 1.0  # a finished original run ends at lambda = 1
-    assert net[1].bias.item() == -0.5
+def _original_neurons(T: int, k: int, g: torch.Generator) -> dict:
+    """State dicts as the original repository's neurons held them (its train_secf10.py): IFNode5's and
+    IFNode5PorderMaskD's nn.Linear(T, T) `fc` (a [T] bias; the masked one's buffers mask0, a band of k ones
+    ending on the diagonal, and mask1, all ones), and MaskedSlidingPSN's [k] weight and scalar `threshold`."""
+    band = torch.tril(torch.ones(T, T)) * torch.triu(torch.ones(T, T), -(k - 1))
+    return {"0.fc.weight": torch.randn(T, T, generator=g), "0.fc.bias": torch.randn(T, generator=g),
+            "1.fc.weight": torch.randn(T, T, generator=g), "1.fc.bias": torch.randn(T, generator=g),
+            "1.fc.mask0": band, "1.fc.mask1": torch.ones(T, T),
+            "2.weight": torch.randn(k, generator=g), "2.threshold": torch.randn((), generator=g) * 0.2}
+
+
+def _original_outputs(sd: dict, x: torch.Tensor, T: int, k: int) -> list:
+    """What the original neurons compute, worked out step by step in float64 (spikes where h >= 0; the masked
+    PSN at lambda = 1, where a finished run ends): h[t] = sum_j W[t, j] x[j] + b[t] for the PSN and, with W
+    times mask0, the masked PSN; h[t] = sum_d w[k-1-d] x[t-d] + threshold for the sliding PSN."""
+    def spikes(h):
+        return (h >= 0).double()
+
+    w0, b0 = sd["0.fc.weight"].double(), sd["0.fc.bias"].double()
+    w1 = sd["1.fc.weight"].double() * sd["1.fc.mask0"].double()
+    b1 = sd["1.fc.bias"].double()
+    psn = torch.stack([sum(w0[t, j] * x[j] for j in range(T)) + b0[t] for t in range(T)])
+    masked = torch.stack([sum(w1[t, j] * x[j] for j in range(T)) + b1[t] for t in range(T)])
+    w, theta = sd["2.weight"].double(), sd["2.threshold"].double()
+    sliding = torch.stack([sum(w[k - 1 - d] * x[t - d] for d in range(min(k, t + 1))) + theta for t in range(T)])
+    return [spikes(psn), spikes(masked), spikes(sliding)]
+
+
+@pytest.mark.parametrize("T,k", [(4, 2), (8, 3), (6, 6)])
+def test_original_neuron_layouts_convert_every_tensor_and_compute_the_original_function(T, k):
+    """Each original neuron's tensors land where ours hold them (weights, biases, both masks, lambda), and the
+    converted network computes what the original one did."""
+    g = torch.Generator().manual_seed(T * 10 + k)
+    net = torch.nn.Sequential(PSN(T=T), MaskedPSN(k=k, T=T, step_mode="m"),
+                              SlidingPSN(k=k, exp_init=False, step_mode="m"))
+    sd = _original_neurons(T, k, g)
+    load_model_weights(net, read_checkpoint_from(dict(sd)))
+    ours = net.state_dict()
+    expected = {"0.weight": sd["0.fc.weight"], "0.bias": sd["0.fc.bias"][:, None],
+                "1.weight": sd["1.fc.weight"], "1.bias": sd["1.fc.bias"][:, None], "1.mask0": sd["1.fc.mask0"],
+                "1.mask1": sd["1.fc.mask1"], "1._lambda_": torch.tensor(1.0),  # the original kept no lambda
+                "2.weight": sd["2.weight"], "2.bias": sd["2.threshold"].reshape(ours["2.bias"].shape)}
+    assert set(ours) == set(expected), set(ours) ^ set(expected)
+    for key, value in expected.items():
+        assert torch.equal(ours[key], value.to(ours[key].dtype)), key
+    net = net.double()
+    x = torch.randn(T, 3, 7, generator=g, dtype=torch.float64)
+    for module, reference in zip(net, _original_outputs(sd, x, T, k)):
+        assert torch.equal(module(x), reference), type(module).__name__
+        assert 0 < reference.mean() < 1  # the case tells spikes from silence
 
 
 def read_checkpoint_from(sd):

@@ -282,3 +282,30 @@ def test_under_autocast_both_paths_form_the_potential_in_fp32(fused, kind, T, k,
     assert ys.dtype == yr.dtype == amp and torch.equal(ys, yr)
     torch.testing.assert_close(gxs.float(), gxr.float(), rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(gws, gwr, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 4.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind,T,k", [("psn", 8, None), ("masked", 8, 3), ("sliding", 12, 4)])
+def test_fused_path_uses_the_surrogates_own_alpha(fused, kind, T, k, dtype, alpha):
+    """A surrogate with another alpha than ATan's default 2: the fused backward equals the torch path's, and both
+    equal the ATan derivative with that alpha, (alpha/2) / (1 + (pi alpha/2 h)^2), worked out here."""
+    from spikingjelly.activation_based import surrogate
+
+    torch.manual_seed(5)
+    module = make(kind, T, k).to(DEVICE)
+    module.surrogate_function = surrogate.ATan(alpha=alpha)
+    x = (torch.randn(T, 4, 6, device=DEVICE) * 0.5).to(dtype)
+    grad = torch.randn_like(x)
+    (ys, gxs, gws, gbs), (yr, gxr, gwr, gbr) = both_paths(module, x, grad)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.equal(ys, yr)
+    torch.testing.assert_close(gxs.float(), gxr.float(), rtol=tol, atol=tol)
+    torch.testing.assert_close(gws.float(), gwr.float(), rtol=tol * 10, atol=tol * 10)
+    torch.testing.assert_close(gbs.float(), gbr.float(), rtol=tol * 10, atol=tol * 10)
+    weight = module.masked_weight() if kind == "masked" else (
+        module.gen_gemm_weight(T) if kind == "sliding" else module.weight)
+    h = (weight.detach().double() @ x.double().flatten(1) + module.bias.detach().double().reshape(-1, 1))
+    sg = (alpha / 2) / (1 + (torch.pi * alpha / 2 * h) ** 2)
+    gx = (weight.detach().double().t() @ (grad.double().flatten(1) * sg)).view(x.shape)
+    torch.testing.assert_close(gxs.double(), gx, rtol=tol * 2, atol=tol * 2)

@@ -1,4 +1,5 @@
 """The run directory: one run per directory, resumes that never rewind, the best checkpoint kept."""
+import json
 import os
 import signal
 import subprocess
@@ -194,6 +195,25 @@ def test_under_torchrun_a_stop_signal_stops_every_process_at_one_step_and_the_ru
     resumed = run_script(SCRIPT, *command[3:], launcher=torchrun + ["--standalone", "--nproc_per_node=2"])
     assert f"(epoch 1 of 2, step {mid['step'] + 1})" in resumed.stdout
     assert last_json(resumed.stdout)["epochs_done"] == 2
+
+    # The stopped and resumed run ends bit for bit where the uninterrupted one does: weights, BatchNorm
+    # statistics, optimizer state and every logged number but the timings.
+    whole = args[:args.index("--run-name")] + ["--run-name", "whole"]
+    run_script(SCRIPT, *whole, launcher=torchrun + ["--standalone", "--nproc_per_node=2"])
+    a, b = (torch.load(tmp_path / name / "checkpoint_latest.pth", weights_only=True) for name in ("whole", "d"))
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for index, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][index][name]), (index, name)
+    assert a["best_acc1"] == b["best_acc1"] and a["epoch_sums"] == b["epoch_sums"]
+
+    def logged(name):
+        timing = ("train/images_per_s", "train/epoch_time_s")
+        return [{k: v for k, v in json.loads(line).items() if k not in timing}
+                for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    assert logged("whole") == logged("d") and len(logged("d")) == 2
 
 
 def test_a_lock_naming_a_pid_no_process_can_have_is_taken_over(tmp_path, capsys):

@@ -2,6 +2,7 @@
 values at the edges, weights that go non-finite, a damaged latest checkpoint, forks, full disks, odd run
 files, bursts of Ctrl-C, flipped bits, and fuzzed logs for the table tool."""
 import dataclasses
+import errno
 import io
 import math
 import os
@@ -326,22 +327,55 @@ def test_a_fork_keeps_its_own_best_and_writes_its_own_best_checkpoint(two_epochs
     assert fork["best_test_acc1"] == read_checkpoint(tmp_path / "fork" / runlog.BEST).state.best_acc1
 
 
+class _FullDisk:
+    """A file whose disk fills after `room` bytes: writes then fail as the kernel fails them (ENOSPC)."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
 def test_a_full_disk_names_the_checkpoint_that_is_there(tmp_path, monkeypatch):
-    from common import fit
+    """The disk fills below the code under test (the files it opens fail with ENOSPC, as a full file system's
+    do; no root or mount needed): the first epoch's checkpoints fit, the second's latest does not. The run
+    ends in one sentence naming the checkpoint that is there, the previous latest is intact, no temporary
+    file is left."""
+    real_fdopen = os.fdopen
+    epochs_saved = []
 
-    saved = fit.save_checkpoint
+    def filling(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if name.startswith(f".{runlog.LATEST}."):
+            epochs_saved.append(name)
+            return _FullDisk(f, 1 << 40 if len(epochs_saved) == 1 else 4096)
+        return f
 
-    def full_for_latest(record, path):
-        if Path(path).name == runlog.LATEST:
-            raise UserError(f"The disk holding {Path(path).parent} is full (No space left on device): "
-                            f"{Path(path).name} could not be written, and its previous version is kept.")
-        saved(record, path)
-
-    monkeypatch.setattr(fit, "save_checkpoint", full_for_latest)
+    monkeypatch.setattr(os, "fdopen", filling)
     with pytest.raises(UserError) as caught:
         run(cifar10.TASK, [*FAST, "--epochs", "2", "--output-dir", str(tmp_path), "--run-name", "r"])
-    assert f"--resume {tmp_path / 'r' / runlog.BEST}" in str(caught.value)
-    assert "no epoch had finished" not in str(caught.value)
+    message = str(caught.value)
+    assert "is full (No space left on device)" in message and "previous version is kept" in message, message
+    assert f"--resume {tmp_path / 'r' / runlog.BEST}" in message or f"--resume {tmp_path / 'r' / runlog.LATEST}" \
+        in message
+    assert "no epoch had finished" not in message
+    monkeypatch.undo()
+    assert read_checkpoint(tmp_path / "r" / runlog.LATEST).state.epoch == 1  # epoch 1's, whole
+    assert not list((tmp_path / "r").glob(".checkpoint_*.tmp")) and len(epochs_saved) == 2
 
 
 @pytest.mark.parametrize("name", ["args.txt", "metrics.jsonl", "summary.json", "checkpoint_latest.pth"])

@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, script_env
 
 from common import cli
-from common.checkpoint import LEGACY_FORMAT, Checkpoint, read_checkpoint, save_checkpoint
+from common.checkpoint import LEGACY_FORMAT, Checkpoint, content_digest, read_checkpoint, save_checkpoint
 from common.errors import UserError
 from common.run_state import EpochSums, RunState
 from common.settings import from_command_line, resolve
@@ -54,6 +54,25 @@ def test_a_file_from_before_a_field_existed_loads_with_its_default_and_a_missing
     no_epoch = {k: v for k, v in old.items() if k != "epoch"}
     with pytest.raises(UserError, match=r"epoch must be an integer from -1 to \d+ \(found nothing\)"):
         read_checkpoint(_saved(no_epoch, tmp_path / "e.pth"))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("epoch", "MAX_EPOCH", r"epoch must be an integer from -1 to \d+"), ("epoch", -2, "epoch must be"),
+    ("step", "MAX_STEP", "step must be a non-negative integer"), ("step", -1, "step must be"),
+    ("step_samples", 0, "step_samples must be a positive integer"), ("best_acc1", 100.5, "percentage")])
+def test_positions_and_records_out_of_range_are_refused(tmp_path, field, value, message):
+    """Each bound, at its edge: a crafted file one past it is refused in one sentence, before anything replays."""
+    from common import checkpoint_checks
+
+    record = Checkpoint(None, "ours", {"w": torch.ones(2)}, _mid_epoch_state()).to_dict()
+    record[field] = getattr(checkpoint_checks, value) if isinstance(value, str) else value
+    record["digest"] = content_digest(record)  # crafted with a valid digest: the bound alone must refuse it
+    with pytest.raises(UserError, match=message):
+        read_checkpoint(_saved(record, tmp_path / "crafted.pth"))
+    record[field] = (getattr(checkpoint_checks, value) - 1) if isinstance(value, str) else None
+    if record[field] is not None:  # the last value inside the bound reads
+        record["digest"] = content_digest(record)
+        read_checkpoint(_saved(record, tmp_path / "edge.pth"))
 
 
 def test_adding_a_checkpoint_field_is_one_field_with_its_check(tmp_path):
