@@ -7,12 +7,17 @@ released weights.
 `pretrained=True` fetches the model's file from figshare article 24454912 into torch.hub's cache
 (`torch.hub.get_dir()/checkpoints/psn-figshare-24454912`), resumably and checked against the
 listing's MD5, through common/download.py (the same code and the same hostile-input rules as
-scripts/download_checkpoints.py; its MODELS table says which listed file is which model). The file is
-read with `weights_only=True` and its original layout converted as `--test-only` does; the model
-comes back in eval mode. A second call reads the cache without a request; a cached file whose MD5
-no longer matches is fetched again. `deadline=` (seconds, default an hour) bounds the listing and the
-transfer, connection and response headers included. PSN_FIGSHARE_API points at a mirror. The inputs each model
-expects (normalisation, size, T) are on its model card in checkpoints/README.md.
+scripts/download_checkpoints.py; its MODELS table says which listed file is which model), with a
+progress bar on stderr (`progress=False`: none). Without internet (a cluster's compute nodes), fetch
+on a login node with `python scripts/download_checkpoints.py --dest DIR`, then either set
+PSN_WEIGHTS_DIR=DIR (searched before any request, for every entry) or pass `pretrained=DIR`;
+`pretrained=` also takes the file itself, or a URL (fetched into the cache, bounded as the rest).
+The file is read with `weights_only=True` and its original layout converted as `--test-only` does;
+the model comes back in eval mode. A second call reads the cache without a request; a cached file
+whose MD5 no longer matches is fetched again. `deadline=` (seconds, default an hour) bounds the
+listing and the transfer, connection and response headers included. PSN_FIGSHARE_API points at a
+mirror. The inputs each model expects (normalisation, size, T) are on its model card in
+checkpoints/README.md.
 """
 import os as _os
 from pathlib import Path as _Path
@@ -35,15 +40,64 @@ def _contradiction(key: str, name: str, value, released):
                      f"{name} out, or use pretrained=False.")
 
 
-def _with_weights(key: str, model, pretrained: bool, overrides: dict, infer, released_classes: int,
-                  deadline: float = 3600.0):
-    """`model` as built, or with `pretrained` the released weights of `key` loaded into it, after checking
-    `overrides` against the released model (`infer`: the task's Task.infer_settings, which reads the file's
-    tensors)."""
-    if not pretrained:
+# What the downloader's messages call its command-line flags, as a Python caller sets them.
+_PYTHON_NAMES = (("the --deadline", "the deadline= argument"), ("--deadline", "deadline="),
+                 ("--api, or the environment variable PSN_FIGSHARE_API", "the environment variable PSN_FIGSHARE_API"),
+                 ("is --api right?", "is PSN_FIGSHARE_API right?"),
+                 ("by name with --filter", "with scripts/download_checkpoints.py --filter, and pass its path as "
+                                           "pretrained="))
+
+
+def _weights_file(key: str, pretrained, progress: bool, deadline: float) -> _Path:
+    """Where the weights come from: pretrained=True, the folder PSN_WEIGHTS_DIR names (searched first, no
+    request), else torch.hub's cache, else figshare; a path, a file, or a folder that scripts/
+    download_checkpoints.py filled (compute nodes without internet); a URL, fetched into the cache."""
+    from common.download import DownloadError, fetch_model, fetch_url, find_local
+    from common.errors import UserError
+
+    try:
+        if pretrained is True:
+            local = _os.environ.get("PSN_WEIGHTS_DIR")
+            found = find_local(key, _Path(local).expanduser()) if local else None
+            if found is not None:
+                return found
+            return fetch_model(key, _cache_dir(), _os.environ.get("PSN_FIGSHARE_API"), quiet=not progress,
+                               deadline=deadline)
+        if isinstance(pretrained, (str, _os.PathLike)):
+            where = _os.fspath(pretrained)
+            if where.startswith(("http://", "https://")):
+                return fetch_url(where, _cache_dir(), quiet=not progress, deadline=deadline, model=key)
+            path = _Path(where).expanduser()
+            if path.is_dir():
+                found = find_local(key, path)
+                if found is None:
+                    raise UserError(f"{key}(pretrained={where!r}): that folder holds no file of the model (neither "
+                                    "its manifest.json from scripts/download_checkpoints.py nor a file name tells "
+                                    "one); pass the file itself.")
+                return found
+            if path.is_file():
+                return path
+            raise UserError(f"{key}(pretrained={where!r}): no such file or folder.")
+    except DownloadError as e:
+        message = str(e)
+        for flag, argument in _PYTHON_NAMES:
+            message = message.replace(flag, argument)
+        if message.startswith("Could not reach"):
+            message += (" Without internet here: fetch the files where there is (python "
+                        "scripts/download_checkpoints.py --dest DIR), then set PSN_WEIGHTS_DIR=DIR or pass "
+                        "pretrained=DIR.")
+        raise UserError(message) from None
+    raise UserError(f"{key}(pretrained={pretrained!r}): give True (the released weights), a file, a folder or a URL.")
+
+
+def _with_weights(key: str, model, pretrained, overrides: dict, infer, released_classes: int,
+                  deadline: float = 3600.0, progress: bool = True):
+    """`model` as built, or with `pretrained` (True, a file, a folder, a URL) the released weights of `key`
+    loaded into it, after checking `overrides` against them (`infer`: the task's Task.infer_settings, which reads
+    the file's tensors)."""
+    if pretrained is False or pretrained is None:
         return model
     from common.checkpoint import read_checkpoint
-    from common.download import fetch_model
     from common.errors import UserError
     from common.weights import load_model_weights
 
@@ -52,7 +106,9 @@ def _with_weights(key: str, model, pretrained: bool, overrides: dict, infer, rel
         raise _contradiction(key, "num_classes", classes, released_classes)
     if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline <= 30 * 24 * 3600:
         raise UserError(f"{key}(deadline={deadline!r}): it must be a number of seconds, above 0, at most 30 days.")
-    path = fetch_model(key, _cache_dir(), _os.environ.get("PSN_FIGSHARE_API"), deadline=deadline)
+    if not isinstance(progress, bool):
+        raise UserError(f"{key}(progress={progress!r}): give True or False.")
+    path = _weights_file(key, pretrained, progress, deadline)
     ckpt = read_checkpoint(path)
     told = infer(ckpt.state_dict) if infer is not None else {}
     for name, value in overrides.items():
@@ -96,7 +152,7 @@ def _unknown(name: str, kwargs: dict, allowed: tuple[str, ...], task=None, most_
             raise UserError(f"{name}({key}={value!r}) cannot be built: {problem}.")
 
 
-def _cifar10dvs(key: str, pretrained: bool, deadline: float, kwargs: dict):
+def _cifar10dvs(key: str, pretrained, progress: bool, deadline: float, kwargs: dict):
     from cifar10dvs.models import VGGSlidingPSN
     from cifar10dvs.train import infer_settings
 
@@ -105,10 +161,10 @@ def _cifar10dvs(key: str, pretrained: bool, deadline: float, kwargs: dict):
     _unknown(key, kwargs, ("order", "exp_init", "num_classes"), task)
     settings = {"order": 2, "exp_init": True, "num_classes": 10, **kwargs}
     model = VGGSlidingPSN(settings["num_classes"], settings["order"], settings["exp_init"])
-    return _with_weights(key, model, pretrained, kwargs, infer_settings, 10, deadline)
+    return _with_weights(key, model, pretrained, kwargs, infer_settings, 10, deadline, progress)
 
 
-def _sew_resnet(key: str, depth: int, pretrained: bool, deadline: float, kwargs: dict):
+def _sew_resnet(key: str, depth: int, pretrained, progress: bool, deadline: float, kwargs: dict):
     from imagenet.models import MODELS
     from imagenet.train import infer_settings
 
@@ -117,7 +173,7 @@ def _sew_resnet(key: str, depth: int, pretrained: bool, deadline: float, kwargs:
     _unknown(key, kwargs, ("T", "num_classes"), task)
     settings = {"T": 4, "num_classes": 1000, **kwargs}
     model = MODELS[f"sew_resnet{depth}"](T=settings["T"], num_classes=settings["num_classes"], neuron="psn")
-    return _with_weights(key, model, pretrained, kwargs, infer_settings, 1000, deadline)
+    return _with_weights(key, model, pretrained, kwargs, infer_settings, 1000, deadline, progress)
 
 
 def _sequential_cifar(neuron: str, pretrained: bool, kwargs: dict):
@@ -137,7 +193,7 @@ def _sequential_cifar(neuron: str, pretrained: bool, kwargs: dict):
 
 # --- the entries ------------------------------------------------------------------------------------
 
-def cifar10_psn(pretrained: bool = False, deadline: float = 3600.0, **kwargs):
+def cifar10_psn(pretrained=False, progress: bool = True, deadline: float = 3600.0, **kwargs):
     """CIFAR-10: CIFAR10Net, 256 channels, PSN, T = 4 (paper 95.32 %); kwargs: channels, T, num_classes."""
     from cifar10.models import CIFAR10Net
     from cifar10.train import infer_settings
@@ -147,32 +203,32 @@ def cifar10_psn(pretrained: bool = False, deadline: float = 3600.0, **kwargs):
     _unknown("cifar10_psn", kwargs, ("channels", "T", "num_classes"), task)
     settings = {"channels": 256, "T": 4, "num_classes": 10, **kwargs}
     model = CIFAR10Net(settings["channels"], settings["T"], settings["num_classes"], "psn")
-    return _with_weights("cifar10_psn", model, pretrained, kwargs, infer_settings, 10, deadline)
+    return _with_weights("cifar10_psn", model, pretrained, kwargs, infer_settings, 10, deadline, progress)
 
 
-def cifar10dvs_sliding_psn_t4(pretrained: bool = False, deadline: float = 3600.0, **kwargs):
+def cifar10dvs_sliding_psn_t4(pretrained=False, progress: bool = True, deadline: float = 3600.0, **kwargs):
     """CIFAR10-DVS at T = 4: VGG (8 conv) with sliding PSN, order 2 (paper 82.30 %); input [N, 4, 2, 48, 48] event-count frames; kwargs: order, exp_init, num_classes."""  # noqa: E501 - torch.hub.help shows one line
-    return _cifar10dvs("cifar10dvs_sliding_psn_t4", pretrained, deadline, kwargs)
+    return _cifar10dvs("cifar10dvs_sliding_psn_t4", pretrained, progress, deadline, kwargs)
 
 
-def cifar10dvs_sliding_psn_t8(pretrained: bool = False, deadline: float = 3600.0, **kwargs):
+def cifar10dvs_sliding_psn_t8(pretrained=False, progress: bool = True, deadline: float = 3600.0, **kwargs):
     """CIFAR10-DVS at T = 8: VGG (8 conv) with sliding PSN, order 2 (paper 85.30 %); input [N, 8, 2, 48, 48] event-count frames; kwargs: order, exp_init, num_classes."""  # noqa: E501
-    return _cifar10dvs("cifar10dvs_sliding_psn_t8", pretrained, deadline, kwargs)
+    return _cifar10dvs("cifar10dvs_sliding_psn_t8", pretrained, progress, deadline, kwargs)
 
 
-def cifar10dvs_sliding_psn_t10(pretrained: bool = False, deadline: float = 3600.0, **kwargs):
+def cifar10dvs_sliding_psn_t10(pretrained=False, progress: bool = True, deadline: float = 3600.0, **kwargs):
     """CIFAR10-DVS at T = 10: VGG (8 conv) with sliding PSN, order 2 (paper 85.90 %); input [N, 10, 2, 48, 48] event-count frames; kwargs: order, exp_init, num_classes."""  # noqa: E501
-    return _cifar10dvs("cifar10dvs_sliding_psn_t10", pretrained, deadline, kwargs)
+    return _cifar10dvs("cifar10dvs_sliding_psn_t10", pretrained, progress, deadline, kwargs)
 
 
-def sew_resnet18_psn(pretrained: bool = False, deadline: float = 3600.0, **kwargs):
+def sew_resnet18_psn(pretrained=False, progress: bool = True, deadline: float = 3600.0, **kwargs):
     """ImageNet: SEW ResNet-18 with PSN, T = 4 (paper 67.63 % top-1, 87.75 % top-5); output [T, N, 1000] logits per step; kwargs: T, num_classes."""  # noqa: E501
-    return _sew_resnet("sew_resnet18_psn", 18, pretrained, deadline, kwargs)
+    return _sew_resnet("sew_resnet18_psn", 18, pretrained, progress, deadline, kwargs)
 
 
-def sew_resnet34_psn(pretrained: bool = False, deadline: float = 3600.0, **kwargs):
+def sew_resnet34_psn(pretrained=False, progress: bool = True, deadline: float = 3600.0, **kwargs):
     """ImageNet: SEW ResNet-34 with PSN, T = 4 (paper 70.54 % top-1, 89.68 % top-5); output [T, N, 1000] logits per step; kwargs: T, num_classes."""  # noqa: E501
-    return _sew_resnet("sew_resnet34_psn", 34, pretrained, deadline, kwargs)
+    return _sew_resnet("sew_resnet34_psn", 34, pretrained, progress, deadline, kwargs)
 
 
 def sequential_cifar_psn(pretrained: bool = False, **kwargs):

@@ -383,10 +383,11 @@ def read_manifest(dest: Path) -> dict:
     return kept
 
 
-def record_in_manifest(dest: Path, entry: dict) -> None:
-    """Note a verified file in `dest`/manifest.json (atomically): which model it is, its size and MD5."""
+def record_in_manifest(dest: Path, entry: dict, model: str | None = None) -> None:
+    """Note a verified file in `dest`/manifest.json (atomically): which model it is (`model`, or what its name
+    tells), its size and MD5."""
     files = read_manifest(dest)
-    model = model_of(entry["name"])
+    model = model or model_of(entry["name"])
     files[entry["name"]] = {"size": entry["size"], "md5": entry["md5"], "model": model, "url": entry["url"],
                             "settings": MODEL_SETTINGS.get(model, {})}
     _must_be_a_file_or_absent(Path(dest) / MANIFEST)
@@ -422,6 +423,72 @@ def fetch_model(key: str, dest: Path, api: str | None = None, timeout: float = 6
     prepare_dest(dest)
     fetch(entry, dest, timeout, quiet, retries, deadline)
     return dest / entry["name"]
+
+
+def find_local(key: str, folder: Path) -> Path | None:
+    """The file of model `key` in a folder filled by scripts/download_checkpoints.py (its manifest says which
+    file is which, and the file still has its recorded size and MD5) or by hand (one file whose name tells the
+    model); None when the folder holds none. Several candidates, or a manifest's file whose MD5 no longer
+    matches, are one sentence: no guess."""
+    folder = Path(folder)
+    for name, entry in read_manifest(folder).items():
+        path = folder / name
+        if entry.get("model") == key and path.is_file():
+            if path.stat().st_size != entry.get("size") or (entry.get("md5") and md5_of(path) != entry.get("md5")):
+                raise DownloadError(f"{path} is recorded in {folder / MANIFEST} as {MODELS.get(key, key)}, but its "
+                                    "size or MD5 no longer matches the record: it is damaged; fetch it again.")
+            return path
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError:
+        return None
+    found = [n for n in names if model_of(n) == key]
+    if len(found) > 1:
+        raise DownloadError(f"Several files in {folder} look like {MODELS[key]}: {', '.join(found[:10])}; give the "
+                            "file itself.")
+    return folder / found[0] if found else None
+
+
+def fetch_url(url: str, dest: Path, timeout: float = 60.0, quiet: bool = True, deadline: float = 3600.0,
+              model: str | None = None) -> Path:
+    """A checkpoint at a URL (a mirror, a colleague's server) in `dest`, named after the URL's last part: from
+    there when the manifest recorded this URL and the file still has its size and MD5, else fetched with the
+    downloader's bounds (the size the server announces, at most MAX_FILE_BYTES, the free space, the
+    deadline) and recorded with the MD5 it arrived with."""
+    url = check_url(url, "The checkpoint URL")
+    name = check_name(urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]))
+    dest = Path(dest)
+    recorded = read_manifest(dest).get(name, {})
+    target = _inside(dest, name)
+    if recorded.get("url") == url and target.is_file() and target.stat().st_size == recorded.get("size") \
+            and md5_of(target) == recorded.get("md5"):
+        return target
+    prepare_dest(dest)
+    with _exclusive(dest / f".{name}.lock", deadline, name):
+        entry = {"name": name, "url": url, "size": _announced_size(url, name, timeout, deadline), "md5": ""}
+        if target.is_file():
+            target.unlink()  # another file of that name (another URL's): this URL's replaces it
+        download(entry, dest, timeout, quiet, deadline)
+        record_in_manifest(dest, {**entry, "md5": md5_of(target)}, model)
+    return target
+
+
+def _announced_size(url: str, name: str, timeout: float, deadline: float) -> int:
+    """The size a server announces for a file (Content-Length of a GET whose body is not read)."""
+    request = _request(url, time.monotonic() + min(deadline, timeout))
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+    except urllib.error.HTTPError as e:
+        raise DownloadError(f"{name}: HTTP {e.code} ({e.reason}) from {redacted(url)}.") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise DownloadError(f"Could not reach {redacted(url)} ({getattr(e, 'reason', e)}); check the network "
+                            "connection, or give a local file.") from None
+    finally:
+        _release(request)
+    if length is None or not length.isdigit() or not 0 < int(length) <= MAX_FILE_BYTES:
+        raise DownloadError(f"{redacted(url)} announces no usable size (Content-Length {length!r}); refusing it.")
+    return int(length)
 
 
 def fetch(entry: dict, dest: Path, timeout: float, quiet: bool, retries: int, deadline: float = 24 * 3600.0,

@@ -5,7 +5,9 @@ checkpoints (the run state with the training objects; the best first, then the l
 between the two loses neither), and the message a stopped run ends with (what is saved, and the
 command that resumes). What the run says at its start and end is `common.report`'s.
 """
+import contextlib
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +103,16 @@ class Fit:
             set_rng_state(state.rng, ctx.device, self.resumed_from)
             loaders.train.sampler.skip(state.step * loaders.step_samples // ctx.env.world_size)
             start_step, resumed = state.step, state.epoch_sums
-        train = train_one_epoch(t, loaders.train, self.train_loss, self.task.scores, ctx, self.progress, epoch,
-                                loaders.batch_transform, resumed, start_step, early_lines=epoch == self.first_epoch)
+        # The first epoch an invocation trains is watched for layers that never fire (a silent network learns
+        # nothing, and says nothing about it otherwise).
+        watch = spike_stats.SilenceWatch(t.model) if epoch == self.first_epoch else contextlib.nullcontext()
+        with watch:
+            train = train_one_epoch(t, loaders.train, self.train_loss, self.task.scores, ctx, self.progress, epoch,
+                                    loaders.batch_transform, resumed, start_step, early_lines=epoch == self.first_epoch)
+        if train.stopped_at is None and isinstance(watch, spike_stats.SilenceWatch):
+            silent = watch.silent(ctx.env)
+            if silent and ctx.is_main:
+                print(spike_stats.silence_warning(silent, len(watch.layers), epoch + 1), file=sys.stderr, flush=True)
         if train.stopped_at is not None:
             state.step, state.epoch_sums = train.stopped_at, train.sums
             if ctx.is_main:

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from . import distributed as D
+from . import runlog, spike_stats
 from .context import Context, make_context
 from .data import DataBundle, make_loader
 from .engine import evaluate
@@ -168,17 +169,25 @@ def _test_only(task: Task, ctx: Context, model: nn.Module, test_loader, num_clas
                report: Report) -> dict:
     settings = ctx.settings
     load_model_weights(model, start.ckpt)
-    report.opening(f"test set: {len(test_loader.dataset)} samples, the model scores {num_classes} classes")
+    mode = task.evaluation_mode(settings) if task.evaluation_mode is not None else None
+    report.opening(f"test set: {len(test_loader.dataset)} samples, the model scores {num_classes} classes"
+                   + (f"; evaluated {mode}" if mode else ""))
     if task.check_loaded is not None:
         task.check_loaded(model, settings)
     metrics = evaluate(model, test_loader, task.test_loss(settings), task.scores, ctx, Progress(ctx.env, 0),
                        num_classes, with_spike_stats=settings.spike_stats)
     record = {"test_acc1": metrics["acc1"], "test_loss": metrics["loss"], "samples": metrics["samples"]}
+    if mode:
+        record["evaluation"] = mode
     if "acc5" in metrics:
         record["test_acc5"] = metrics["acc5"]
     if settings.spike_stats:
         record.update({k: metrics[k] for k in ("synops_per_sample", "macs_per_sample", "energy_uJ_per_sample")
                        if k in metrics})
         record["firing_rates"] = metrics["firing_rates"]
+        if ctx.is_main:
+            written = runlog.write_test_only_scalars(start.ckpt, spike_stats.scalars(metrics))
+            if written is not None:
+                print(f"spike statistics written to {written} (TensorBoard, beside the run's curves)", flush=True)
     return report.closing(record)
 

@@ -53,6 +53,7 @@ class Run:
     curve: list = field(default_factory=list)  # [(epoch, accuracy %)]
     top5: list = field(default_factory=list)
     code: str = "-"  # the commit(s) the run was made with, from args.txt's provenance lines
+    progress: str = ""  # ours not yet finished: 'in progress: 3 of 200 epochs' or 'stopped: ...'; '' when done
 
     @property
     def best(self):
@@ -320,7 +321,40 @@ def read_run(run_dir: Path, event_dir: Path, layout: str | None, warn=lambda mes
     shift = 0 if "task" in args else 1
     curve = [(step + shift, value) for step, value in scalars[tag] if math.isfinite(value)]
     top5 = [(step + shift, value) for step, value in scalars[top5_tag]] if top5_tag else []
-    return Run(str(run_dir), task, dataset, neuron, order, T, variant, as_percent(curve), top5, read_code(run_dir))
+    return Run(str(run_dir), task, dataset, neuron, order, T, variant, as_percent(curve), top5, read_code(run_dir),
+               progress_of(run_dir, args, len(curve)) if "task" in args else "")
+
+
+def progress_of(run_dir: Path, args: dict, done: int) -> str:
+    """Where a run of ours stands when it is not finished: in progress (its directory's lock is held by a live
+    process, or it has written no summary.json yet) or stopped, with its epochs; '' for a finished run."""
+    from .run_dir import holder_is_gone
+    from .runlog import LOCK, SUMMARY
+
+    def small(name: str) -> str:
+        try:
+            path = run_dir / name
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                return ""
+            with path.open("rb") as f:
+                return f.read(1 << 16).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    try:
+        summary = json.loads(small(SUMMARY) or "null")
+    except (ValueError, RecursionError):
+        summary = None
+    summary = summary if isinstance(summary, dict) else None
+    epochs = (summary or {}).get("epochs", args.get("epochs"))
+    epochs = epochs if isinstance(epochs, int) and not isinstance(epochs, bool) and 0 < epochs <= 10**6 else None
+    of = f"{done} of {epochs} epochs" if epochs else f"{done} epochs"
+    holder = small(LOCK).strip()
+    if (holder and not holder_is_gone(holder)) or summary is None:
+        return f"in progress: {of}"
+    if "stopped" in summary or (epochs is not None and done < epochs):
+        return f"stopped: {of}"
+    return ""
 
 
 def read_code(run_dir: Path) -> str:

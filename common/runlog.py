@@ -83,6 +83,24 @@ def open_writer(run_dir: Path, epochs_done: int):
     return SummaryWriter(log_dir=str(run_dir), purge_step=epochs_done + 1 if epochs_done > 0 else None)
 
 
+def write_test_only_scalars(ckpt, scalars: dict) -> Path | None:
+    """--test-only's scalars (--spike-stats) in the TensorBoard events of the run the checkpoint belongs to, at
+    its epoch (numbered from 1, as the run's own steps), in an events file of their own; None (nothing written)
+    for a file outside a run directory, such as a released checkpoint."""
+    if ckpt.path is None or not scalars:
+        return None
+    run_dir = Path(ckpt.path).parent
+    if not (run_dir / ARGS).is_file() or not any(run_dir.glob("events.out.tfevents.*")):
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    step = ckpt.state.epoch if ckpt.epoch_known else 0
+    with SummaryWriter(log_dir=str(run_dir), filename_suffix=".test_only") as writer:
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, step)
+    return run_dir
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)

@@ -33,6 +33,53 @@ def spiking_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
+class SilenceWatch:
+    """Whether each spiking layer fires at all while training: `with SilenceWatch(model) as watch: ...`, then
+    `watch.silent(env)` names the layers that emitted no spike. The hooks add each output's sum to a tensor on
+    the device (no host sync per step); the one sync is `silent`'s, at the epoch's end."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = spiking_layers(model)
+        self.counts = None
+        self.handles = []
+
+    def _hook(self, index: int):
+        def record(module, inputs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            if self.counts is None:
+                self.counts = torch.zeros(len(self.layers), dtype=torch.float64, device=out.device)
+            with torch.no_grad():
+                self.counts[index] += out.detach().sum(dtype=torch.float64)
+        return record
+
+    def __enter__(self) -> "SilenceWatch":
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.layers.values())]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def silent(self, env: D.DistEnv) -> list[str]:
+        """The layers no process saw fire (every process calls it: one all-reduce)."""
+        if self.counts is None:
+            return []
+        counts = D.all_reduce_sum(env, self.counts.clone()).tolist()
+        return [name for name, count in zip(self.layers, counts) if count == 0]
+
+
+def silence_warning(silent: list[str], layers: int, epoch: int) -> str:
+    """One line naming the layers that never fired in an epoch, and what usually causes it."""
+    which = "no spiking layer fired" if len(silent) == layers else (
+        f"{len(silent)} of {layers} spiking layers never fired ({', '.join(silent[:8])}"
+        f"{', ...' if len(silent) > 8 else ''})")
+    return (f"warning: {which} in epoch {epoch}: a layer without spikes passes no signal and no gradient past "
+            "its surrogate's reach, so the network cannot learn. Usual causes: a learning rate too high (weights "
+            "driven below threshold) or too low, an initialisation that keeps the potential below threshold, or "
+            "an augmentation too strong for the data (on small data, try --augment light).")
+
+
 class FiringRates:
     """Forward hooks summing each spiking layer's output: `with FiringRates(model) as rates: ...`."""
 

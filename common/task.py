@@ -51,6 +51,9 @@ class Task:
     file_cannot_tell: Mapping = field(default_factory=dict)
     # Values of settings that our checkpoints written before the setting existed were trained with.
     legacy_settings: Mapping = field(default_factory=dict)
+    # How --test-only evaluates when the task's settings change it (sequential CIFAR's --streaming): a phrase for
+    # its opening line and its JSON line's "evaluation", or None for the usual whole-sequence pass.
+    evaluation_mode: Callable[[Settings], str | None] | None = None
     # A checkpoint's recorded settings from before a change of meaning, rewritten: (recorded, state dict) -> recorded.
     upgrade_recorded: Callable[[dict, dict], dict] | None = None
 

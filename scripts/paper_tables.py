@@ -2,6 +2,8 @@
 
     python scripts/paper_tables.py paper/logs                     # the authors' own logs
     python scripts/paper_tables.py paper/logs runs --plots plots  # beside yours, with accuracy curves
+    python scripts/paper_tables.py paper/logs --export-tb paper_tb  # the authors' curves as TensorBoard runs
+    tensorboard --logdir_spec paper:paper_tb,ours:runs             # ... drawn with yours: same tags and units
 
 Every directory below the given roots that holds TensorBoard events is a run, in any
 of the layouts this meets: ours (`test/acc1`, percent), the original CIFAR-10 and
@@ -33,6 +35,11 @@ def fmt(value) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
+def final_of(run: Run) -> str:
+    """The last accuracy, and for a run not finished where it stands ('in progress: 1 of 5 epochs')."""
+    return fmt(run.final) + (f" ({run.progress})" if run.progress else "")
+
+
 def short(path: str, roots: list[Path]) -> str:
     for root in roots:
         try:
@@ -58,7 +65,7 @@ def tables(runs: list[Run], roots: list[Path], commits: bool = False) -> str:
     by_task = {task: [r for r in runs if r.task == task] for task in PAPER_TASKS}
     if by_task["cifar10"]:
         out += ["## CIFAR-10", "", "| dataset | neuron | T | paper | best | final | run |", "| --- | --- | --- | --- | --- | --- | --- |"]
-        out += [f"| {r.dataset} | {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {fmt(r.final)} | "
+        out += [f"| {r.dataset} | {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {final_of(r)} | "
                 f"{where_of(r)} |" for r in by_task["cifar10"]]
         out.append("")
     main = [r for r in by_task["sequential_cifar"] if not in_order_sweep(r)]
@@ -80,7 +87,7 @@ def tables(runs: list[Run], roots: list[Path], commits: bool = False) -> str:
             cols = rows[key]
             label = neuron_label(next(iter(cols.values())))
             cells = "".join(f" {fmt(cols[d].paper) if d in cols else '—'} | {fmt(cols[d].best) if d in cols else '—'} | "
-                            f"{fmt(cols[d].final) if d in cols else '—'} |" for d in datasets)
+                            f"{final_of(cols[d]) if d in cols else '—'} |" for d in datasets)
             where = ", ".join(where_of(cols[d]) for d in datasets if d in cols)
             out.append(f"| {label} |{cells} {where} |")
         out.append("")
@@ -89,7 +96,7 @@ def tables(runs: list[Run], roots: list[Path], commits: bool = False) -> str:
         out += sweep_table(sweep, where_of)
     if by_task["cifar10dvs"]:
         out += ["## CIFAR10-DVS", "", "| neuron | T | paper | best | final | run |", "| --- | --- | --- | --- | --- | --- |"]
-        out += [f"| {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {fmt(r.final)} | {where_of(r)} |"
+        out += [f"| {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {final_of(r)} | {where_of(r)} |"
                 for r in sorted(by_task["cifar10dvs"], key=lambda r: r.T)]
         out.append("")
     if by_task["imagenet"]:
@@ -97,12 +104,12 @@ def tables(runs: list[Run], roots: list[Path], commits: bool = False) -> str:
                 "best top-5 | run |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in by_task["imagenet"]:
             best5 = max((v for _, v in r.top5), default=None)
-            out.append(f"| {r.dataset} | {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {fmt(r.final)} | "
+            out.append(f"| {r.dataset} | {neuron_label(r)} | {r.T} | {fmt(r.paper)} | {fmt(r.best)} | {final_of(r)} | "
                        f"{fmt(PAPER_TOP5.get(r.dataset))} | {fmt(best5)} | {where_of(r)} |")
         out.append("")
     for task in sorted({r.task for r in runs} - set(PAPER_TASKS)):  # tasks the paper has no table for
         out += [f"## {task}", "", "| dataset | neuron | T | best | final | run |", "| --- | --- | --- | --- | --- | --- |"]
-        out += [f"| {r.dataset} | {neuron_label(r)} | {r.T or '—'} | {fmt(r.best)} | {fmt(r.final)} | "
+        out += [f"| {r.dataset} | {neuron_label(r)} | {r.T or '—'} | {fmt(r.best)} | {final_of(r)} | "
                 f"{where_of(r)} |" for r in runs if r.task == task]
         out.append("")
     return "\n".join(out)
@@ -175,6 +182,7 @@ def plot(runs: list[Run], folder: Path, roots: list[Path]) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -188,12 +196,16 @@ def plot(runs: list[Run], folder: Path, roots: list[Path]) -> list[Path]:
         dotted = False
         for r in members:
             label = f"{curve_label(r)}: best {fmt(r.best)}"
-            line, = ax.plot([s for s, _ in r.curve], [v for _, v in r.curve], linewidth=1, label=label)
+            label += f" ({r.progress})" if r.progress else ""
+            # A run with one epoch so far is a point: drawn as a marker, not an invisible line.
+            line, = ax.plot([s for s, _ in r.curve], [v for _, v in r.curve], linewidth=1, label=label,
+                            marker="o" if len(r.curve) < 2 else None, markersize=4)
             if r.paper is not None:
                 ax.axhline(r.paper, color=line.get_color(), linestyle=":", linewidth=0.8)
                 dotted = True
         title = f"{group}: test accuracy" + (" (dotted: the paper's best)" if dotted else "")
         ax.set(title=title, xlabel="epoch (1 = the first)", ylabel="test accuracy (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6 if len(members) <= 12 else 4, loc="lower right", ncol=1 if len(members) <= 12 else 2)
         path = folder / f"{group}_test_acc.png"
@@ -202,6 +214,36 @@ def plot(runs: list[Run], folder: Path, roots: list[Path]) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def export_tensorboard(runs: list[Run], folder: Path, roots: list[Path]) -> list[Path]:
+    """Each run's test accuracy as this project logs its own: tags test/acc1 (and test/acc5), in percent, steps
+    numbered from 1, one folder per run under `folder` (its path below its root), so that TensorBoard draws the
+    authors' curves and yours in one chart (`tensorboard --logdir_spec paper:EXPORT,ours:runs`)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    written = []
+    for r in runs:
+        target = folder / short(r.path, roots)
+        with SummaryWriter(log_dir=str(target), filename_suffix=".export") as writer:
+            for step, value in r.curve:
+                writer.add_scalar("test/acc1", value, step)
+            for step, value in r.top5:
+                writer.add_scalar("test/acc5", value, step)
+        written.append(target)
+    return written
+
+
+def export_problem(folder: str | None, runs_below: list[Path]) -> str | None:
+    """Why --export-tb cannot be written (an export must not add to runs already there); None when it can."""
+    if folder is None:
+        return None
+    path = Path(folder)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        return f"--export-tb {path} exists and is not an empty folder; give a new one (an export adds to nothing)."
+    if any(path.resolve() == root.resolve() or root.resolve() in path.resolve().parents for root in runs_below):
+        return f"--export-tb {path} lies inside a folder being read; give one outside it."
+    return None
 
 
 def output_problem(json_path: str | None, plots: str | None) -> str | None:
@@ -232,6 +274,9 @@ def main(argv=None) -> int:
     p.add_argument("roots", nargs="+", help="folders holding TensorBoard runs")
     p.add_argument("--plots", default=None, help="write PNG accuracy curves into this folder")
     p.add_argument("--json", default=None, help="also write every run's numbers as JSON")
+    p.add_argument("--export-tb", default=None, metavar="DIR",
+                   help="write every run's test accuracy into DIR as TensorBoard runs with this project's tags and "
+                        "units (test/acc1 in percent, epochs from 1): the authors' curves beside yours")
     p.add_argument("--commits", action="store_true",
                    help="show beside each run the commit it was made with (from its args.txt; +dirty: modified tree)")
     args = p.parse_args(argv)
@@ -240,7 +285,7 @@ def main(argv=None) -> int:
     if missing:
         print(f"error: no such folder: {', '.join(missing)}.", file=sys.stderr)
         return 2
-    problem = output_problem(args.json, args.plots)
+    problem = output_problem(args.json, args.plots) or export_problem(args.export_tb, roots)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -252,6 +297,9 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps([{**asdict(r), "best": r.best, "final": r.final, "paper": r.paper}
                                                for r in runs], indent=1))
+    if args.export_tb:
+        written = export_tensorboard(runs, Path(args.export_tb), roots)
+        print(f"TensorBoard export: {len(written)} runs in {args.export_tb}", file=sys.stderr)
     if args.plots:  # stdout stays Markdown (`> tables.md`); what was written goes to stderr
         for path in plot(runs, Path(args.plots), roots):
             print(f"plot: {path}", file=sys.stderr)

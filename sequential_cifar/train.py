@@ -115,6 +115,8 @@ TASK = Task(
     check_loaded=check_streamable,
     infer_settings=infer_settings,
     upgrade_recorded=upgrade_recorded,
+    evaluation_mode=lambda s: "one column at a time (--streaming: single-step neurons, as a stream arrives)"
+    if s.streaming else None,
 )
 
 

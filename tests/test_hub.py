@@ -154,15 +154,77 @@ def test_listings_without_a_models_file_or_with_two_are_one_sentence(tmp_path, m
     assert "cifar10.pth" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_offline_with_an_empty_cache_is_one_sentence_naming_the_url(tmp_path, monkeypatch):
-    from common.download import DownloadError
+OFFLINE = "http://127.0.0.1:9/v2"  # nothing listens on the discard port: a machine without internet
+
+
+def test_offline_with_an_empty_cache_says_how_to_bring_the_weights_in_python_terms(tmp_path, monkeypatch):
+    from common.errors import UserError
 
     torch.hub.set_dir(str(tmp_path / "hub"))
-    monkeypatch.setenv("PSN_FIGSHARE_API", "http://127.0.0.1:9/v2")  # nothing listens on the discard port
-    with pytest.raises(DownloadError) as caught:
+    monkeypatch.setenv("PSN_FIGSHARE_API", OFFLINE)
+    with pytest.raises(UserError) as caught:
         _load("sew_resnet18_psn", pretrained=True)
     message = str(caught.value)
     assert "http://127.0.0.1:9/v2/articles/24454912" in message and "\n" not in message
+    assert "PSN_WEIGHTS_DIR=DIR or pass pretrained=DIR" in message and "PSN_FIGSHARE_API" in message
+    assert not re.search(r"(^|\s)--(api|deadline|filter)", message), message  # Python callers set no CLI flags
+
+
+def _io():
+    return torch.load(FIXTURES / "cifar10_psn_c32_T4.io.pt", weights_only=True)
+
+
+def _original_outputs(model) -> float:
+    with torch.no_grad():
+        return (model.double()(_io()["x"]) - _io()["y"]).abs().max().item()
+
+
+def test_weights_from_a_file_a_folder_or_the_weights_dir_need_no_network(released, tmp_path, monkeypatch):
+    """The login-node recipe: download_checkpoints.py fills a folder; on the compute node (no network) the entry
+    takes that folder, a file in it, or finds it through PSN_WEIGHTS_DIR, without one request."""
+    from scripts import download_checkpoints
+
+    monkeypatch.setenv("PSN_FIGSHARE_API", released.url)
+    assert download_checkpoints.main(["--dest", str(tmp_path / "w"), "--filter", "cifar10_psn"]) == 0
+    monkeypatch.setenv("PSN_FIGSHARE_API", OFFLINE)
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    released.requests.clear()
+    by_folder = _load("cifar10_psn", pretrained=str(tmp_path / "w"), channels=32)
+    by_file = _load("cifar10_psn", pretrained=tmp_path / "w" / "cifar10_psn_c32_T4.pth", channels=32)
+    monkeypatch.setenv("PSN_WEIGHTS_DIR", str(tmp_path / "w"))
+    by_variable = _load("cifar10_psn", pretrained=True, channels=32)
+    assert released.requests == [] and not (tmp_path / "hub").exists()
+    for model in (by_folder, by_file, by_variable):
+        assert _original_outputs(model) < 1e-9 and not model.training
+    # A folder without the model, and a value that is none of the forms, are one sentence each.
+    from common.errors import UserError
+
+    with pytest.raises(UserError, match=r"sew_resnet18_psn\(pretrained='.*w'\): that folder holds no file"):
+        _load("sew_resnet18_psn", pretrained=str(tmp_path / "w"))
+    with pytest.raises(UserError, match=r"no such file or folder"):
+        _load("cifar10_psn", pretrained=str(tmp_path / "nowhere.pth"), channels=32)
+    with pytest.raises(UserError, match=r"pretrained=3\): give True"):
+        _load("cifar10_psn", pretrained=3, channels=32)
+    with pytest.raises(UserError, match=r"progress='yes'"):
+        _load("cifar10_psn", pretrained=True, progress="yes", channels=32)
+
+
+def test_weights_from_a_url_are_fetched_once_with_a_bar_unless_progress_is_false(hub, capfd):
+    url = f"{hub.url}/files/cifar10_psn_c32_T4.pth"
+    model = _load("cifar10_psn", pretrained=url, channels=32, progress=False)
+    assert _original_outputs(model) < 1e-9
+    assert "cifar10_psn_c32_T4.pth" not in capfd.readouterr().err  # no bar
+    assert [p for p, _ in hub.requests if p.startswith("/files/")] == ["/files/cifar10_psn_c32_T4.pth"] * 2
+    hub.requests.clear()
+    _load("cifar10_psn", pretrained=url, channels=32)  # from the cache, MD5 as recorded
+    assert hub.requests == []
+    cache = ROOT / torch.hub.get_dir() / "checkpoints" / "psn-figshare-24454912"
+    recorded = json.loads((cache / "manifest.json").read_text())["files"]["cifar10_psn_c32_T4.pth"]
+    assert recorded["url"] == url and recorded["model"] == "cifar10_psn"
+    assert recorded["md5"] == hashlib.md5(hub.files["cifar10_psn_c32_T4.pth"]).hexdigest()
+    (cache / "cifar10_psn_c32_T4.pth").unlink()
+    _load("cifar10_psn", pretrained=True, channels=32)  # through the listing, with the default bar on stderr
+    assert "cifar10_psn_c32_T4.pth" in capfd.readouterr().err
 
 
 def test_refusals_of_the_entries(hub):

@@ -152,9 +152,12 @@ def test_streaming_test_only_gives_the_multi_step_accuracy(tmp_path):
                      "--run-name", "r")
     ckpt = tmp_path / "r" / "checkpoint_latest.pth"
     multi = last_json(run_script(SCRIPT, *QUICK, "--neuron", "sliding_psn", "--test-only", "--resume", ckpt).stdout)
-    stream = last_json(run_script(SCRIPT, *QUICK, "--neuron", "sliding_psn", "--test-only", "--streaming",
-                                  "--resume", ckpt).stdout)
+    streamed = run_script(SCRIPT, *QUICK, "--neuron", "sliding_psn", "--test-only", "--streaming", "--resume", ckpt)
+    stream = last_json(streamed.stdout)
     assert stream["test_acc1"] == multi["test_acc1"] == pytest.approx(last_json(out.stdout)["last_test_acc1"])
+    # It says how it evaluated, on its opening line and in its JSON; the whole-sequence pass says nothing.
+    assert stream["evaluation"].startswith("one column at a time") and "evaluation" not in multi
+    assert "; evaluated one column at a time (--streaming" in streamed.stdout
     assert stream["test_loss"] == pytest.approx(multi["test_loss"], rel=1e-5)
 
 
