@@ -33,9 +33,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path
 
 from tqdm import tqdm
+
+from .identify import ArchiveError, checkpoints_in_archive, identify, is_archive
 
 ARTICLE = 24454912
 API = "https://api.figshare.com/v2"
@@ -46,6 +49,7 @@ MAX_PAGES = 100  # 1,000 files: far more than any article of checkpoints
 MAX_LISTING_BYTES = 8 << 20  # one page of the listing, or the article record
 MAX_FILE_BYTES = 1 << 40  # a listed size beyond 1 TiB is not a checkpoint
 FREE_SPACE_MARGIN = 64 << 20  # what a download leaves free on its disk
+IDENTIFY_MAX_BYTES = 8 << 30  # a file fetched only to learn what it holds: larger is no released checkpoint
 _MD5 = re.compile(r"[0-9a-f]{32}")
 
 
@@ -313,7 +317,8 @@ def describe(name: str) -> str:
     return "?"
 
 
-# Which released file is which model: the one place these rules live. `--list` shows each file's model,
+# Which released file is which model by its name: the one place these rules live (where a name tells nothing
+# or misleads, fetch_model looks at the contents: common.identify). `--list` shows each file's model,
 # hubconf.py's pretrained=True fetches by them, and the manifest this script writes records them. A model
 # is told by its experiment (describe) and, where one experiment released several, by T (CIFAR10-DVS) or
 # the ResNet depth (ImageNet) written in the name; only checkpoint-like files count.
@@ -415,14 +420,63 @@ def fetch_model(key: str, dest: Path, api: str | None = None, timeout: float = 6
     dest = Path(dest)
     for name, entry in read_manifest(dest).items():
         path = dest / name
-        if entry.get("model") == key and model_of(name) == key and path.is_file() \
+        if entry.get("model") == key and path.is_file() \
                 and path.stat().st_size == entry.get("size") and md5_of(path) == entry.get("md5"):
             return path
     api = check_url(api or default_api(), "The figshare API address")
-    entry = find_model(list_files(api, ARTICLE, timeout, deadline), key)
+    files = list_files(api, ARTICLE, timeout, deadline)
     prepare_dest(dest)
-    fetch(entry, dest, timeout, quiet, retries, deadline)
-    return dest / entry["name"]
+    try:
+        entry = find_model(files, key)
+    except DownloadError:
+        entry = None  # no name tells it: the files will
+    seen = {}
+    if entry is not None:
+        fetch(entry, dest, timeout, quiet, retries, deadline)
+        found = identify(dest / entry["name"])
+        if found.key in (key, None):  # the contents agree, or cannot tell: the name decides
+            record_in_manifest(dest, entry, key)
+            return dest / entry["name"]
+        seen[entry["name"]] = found.what  # a misleading name: look at the others
+        record_in_manifest(dest, entry, found.key)
+    return _by_contents(key, files, dest, timeout, quiet, retries, deadline, seen)
+
+
+def _by_contents(key: str, files: list[dict], dest: Path, timeout: float, quiet: bool, retries: int,
+                 deadline: float, seen: dict) -> Path:
+    """The listed file (or archive member) whose contents are model `key`: each checkpoint or archive the
+    names do not rule out is fetched (at most IDENTIFY_MAX_BYTES each), identified and recorded in the
+    manifest, so that the next call finds it there without a request."""
+    known = read_manifest(dest)
+    candidates = [f for f in files if f["name"] not in seen and (is_archive(f["name"]) or (
+        f["name"].lower().endswith(CHECKPOINT_SUFFIXES) and model_of(f["name"]) is None
+        and known.get(f["name"], {}).get("model") in (None, key)))]
+    for f in candidates:
+        if f["size"] > IDENTIFY_MAX_BYTES:
+            seen[f["name"]] = f"not looked into ({f['size'] >> 20} MiB)"
+            continue
+        fetch(f, dest, timeout, quiet, retries, deadline)
+        if is_archive(f["name"]):
+            try:
+                members = checkpoints_in_archive(dest / f["name"], dest, check_name)
+            except (ArchiveError, zipfile.BadZipFile, OSError) as e:
+                seen[f["name"]] = f"an archive that cannot be used ({e})"
+                continue
+            if not members:
+                seen[f["name"]] = "an archive without a checkpoint"
+        else:
+            members = [(f["name"], dest / f["name"])]
+        for member, path in members:
+            found = identify(path)
+            record_in_manifest(dest, {"name": path.name, "size": path.stat().st_size, "md5": md5_of(path),
+                                      "url": f["url"] + (f"#{member}" if path.name != f["name"] else "")},
+                               found.key or "unknown")
+            if found.key == key:
+                return path
+            seen[path.name] = found.what
+    said = "; ".join(f"{name}: {what}" for name, what in list(seen.items())[:12]) or "no checkpoint or archive"
+    raise DownloadError(f"No file of the listing is recognisably {MODELS[key]}, by name or by contents "
+                        f"({said}).")
 
 
 def find_local(key: str, folder: Path) -> Path | None:

@@ -279,3 +279,101 @@ def test_entry_settings_are_held_to_the_command_lines_bounds(entry, settings, fr
     with pytest.raises(UserError) as caught:
         _load(entry, **settings)
     assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+def _zip(members: dict) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _tar_gz(members: dict, links: dict | None = None) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            t.addfile(info)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def run_folder_names(released, tmp_path, monkeypatch):
+    """The article as the authors might have uploaded it: files named after their run folders, archives of
+    `checkpoint_max.pth` files, and a name that misleads (a CIFAR-10 file called sew_resnet34_imagenet.pth)."""
+    f = released.files
+    server = FakeFigshare({
+        "if5_T4_e1024_b128_sgd_lr0.1_c256_amp_checkpoint_max.pth": f["cifar10_psn_c32_T4.pth"],
+        "T4_opt_SGD0.1_tau_0.25_method_PSN_b_32_TET_2gpu.zip": _zip(
+            {"T4_opt_SGD0.1_tau_0.25_method_PSN_b_32_TET_2gpu/checkpoint_max.pth": f["cifar10dvs_T4.pth"],
+             "T4_opt_SGD0.1_tau_0.25_method_PSN_b_32_TET_2gpu/args.txt": b"not a checkpoint"}),
+        "dvs_runs.tar.gz": _tar_gz({"T8_run/checkpoint_max.pth": f["cifar10dvs_T8.pth"],
+                                    "T10_run/checkpoint_max.pth": f["cifar10dvs_T10.pth"]},
+                                   links={"T10_run/checkpoint_latest.pth": "/etc/passwd"}),
+        "sew_resnet34_imagenet.pth": f["cifar10_psn_c32_T4.pth"],
+        "model_final.pth": f["sew_resnet34_imagenet_T4.pth"],
+    })
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    monkeypatch.setenv("PSN_FIGSHARE_API", server.url)
+    yield server
+    server.close()
+
+
+def test_files_named_after_run_folders_or_in_archives_are_known_by_their_contents(run_folder_names, released):
+    model = _load("cifar10_psn", pretrained=True, channels=32)
+    with torch.no_grad():
+        assert (model.double()(_io()["x"]) - _io()["y"]).abs().max().item() < 1e-9
+    cache = ROOT / torch.hub.get_dir() / "checkpoints" / "psn-figshare-24454912"
+    for T in (4, 8, 10):  # T from each file's best accuracy against the paper's table: 82.30, 85.30, 85.90
+        loaded = _load(f"cifar10dvs_sliding_psn_t{T}", pretrained=True)
+        assert not loaded.training
+    manifest_ = json.loads((cache / "manifest.json").read_text())["files"]
+    by_model = {e["model"]: name for name, e in manifest_.items() if e.get("model")}
+    assert by_model["cifar10dvs_sliding_psn_t4"].endswith("2gpu__checkpoint_max.pth")
+    assert by_model["cifar10dvs_sliding_psn_t10"] == "dvs_runs.tar.gz__T10_run__checkpoint_max.pth"
+    assert manifest_[by_model["cifar10dvs_sliding_psn_t8"]]["settings"] == {"T": 8}
+    assert not any("checkpoint_latest" in name for name in manifest_)  # the archive's link was not followed
+    assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == []  # nothing unpacked outside flat names
+    # The misleading name is looked into, found to hold CIFAR-10, and the real ResNet-34 found by contents.
+    resnet = _load("sew_resnet34_psn", pretrained=True)
+    assert manifest_ != json.loads((cache / "manifest.json").read_text())["files"]
+    recorded = json.loads((cache / "manifest.json").read_text())["files"]
+    assert recorded["sew_resnet34_imagenet.pth"]["model"] == "cifar10_psn"
+    assert recorded["model_final.pth"]["model"] == "sew_resnet34_psn" and not resnet.training
+    run_folder_names.requests.clear()
+    _load("cifar10dvs_sliding_psn_t8", pretrained=True)  # the second time: from the manifest, no request
+    assert run_folder_names.requests == []
+
+
+def test_an_archive_reaching_outside_its_folder_or_a_file_no_one_can_tell_is_one_sentence(released, tmp_path,
+                                                                                          monkeypatch):
+    from common.errors import UserError
+
+    dvs = released.files["cifar10dvs_T4.pth"]
+    unknown_T = _bytes({"model": torch.load(_served(released, "cifar10dvs_T4.pth"), weights_only=False)["model"],
+                        "optimizer": {}, "scheduler": {}, "epoch": 199, "best_acc": 70.0})
+    server = FakeFigshare({"evil.zip": _zip({"../../escaped.pth": dvs}), "my_run.pth": unknown_T})
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    monkeypatch.setenv("PSN_FIGSHARE_API", server.url)
+    try:
+        with pytest.raises(UserError) as caught:
+            _load("cifar10dvs_sliding_psn_t4", pretrained=True)
+    finally:
+        server.close()
+    message = str(caught.value)
+    assert "by name or by contents" in message and "evil.zip: an archive that cannot be used" in message
+    assert "my_run.pth: a CIFAR10-DVS VGG with sliding PSN whose T the file cannot tell (its best accuracy 70.00 %" \
+        in message and "\n" not in message
+    assert not (tmp_path / "escaped.pth").exists() and not list(tmp_path.rglob("escaped.pth"))
