@@ -186,3 +186,20 @@ def test_streaming_takes_the_neuron_from_the_checkpoint():
     assert "neuron=sliding_psn, order=8" in out.stdout and last_json(out.stdout)["samples"] == 360
     refused = run_script(SCRIPT, *flags, FIXTURES / "seqcifar10_psn_c16.pth", check=False)
     assert refused.returncode == 2 and "--streaming needs a neuron that runs one step at a time" in refused.stderr
+
+
+@pytest.mark.slow  # 2.5 minutes: python -m pytest -m slow
+def test_the_readmes_digits_recipe_learns_what_it_says(tmp_path):
+    """sequential_cifar/README.md's digits command with --seed 0, one thread: the best accuracy it states."""
+    import re
+    import shlex
+
+    from conftest import ROOT
+
+    text = (ROOT / "sequential_cifar" / "README.md").read_text()
+    command = re.search(r"## On a laptop.*?```bash\n(.*?)\n```", text, re.S).group(1)
+    stated = float(re.search(r"`--seed 0`: (\d+\.\d) %", text).group(1))
+    words = shlex.split(command)
+    assert words[:2] == ["python", "sequential_cifar/train.py"]
+    out = run_script(words[1], *words[2:], "--seed", 0, "--workers", 0, "--device", "cpu", "--output-dir", tmp_path)
+    assert last_json(out.stdout)["best_test_acc1"] == pytest.approx(stated, abs=0.05)
