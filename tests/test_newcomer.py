@@ -42,15 +42,13 @@ def test_layers_that_never_fire_are_named_without_a_sync_per_step():
 
 def test_training_says_when_a_layer_never_fired(tmp_path):
     """The paper's recipe (SGD lr 0.1, flips, TrivialAugment, mixup) on the 1,437 digits: the sequential network's
-    last spiking layer stays silent in epoch 1, and the run says so once; the quick start's recipe does not."""
+    last spiking layer stays silent in epoch 1, and the run says so once (a layer that fires is not named: the
+    unit test above)."""
     silent = run_script("sequential_cifar/train.py", "--dataset", "digits", "--channels", "32", "--workers", "0",
                         "--device", "cpu", "--epochs", "1", "--output-dir", tmp_path, "--run-name", "silent")
     assert silent.stderr.count("never fired") + silent.stderr.count("no spiking layer fired") == 1, silent.stderr
     assert "never fired (fc.2)" in silent.stderr or "no spiking layer fired" in silent.stderr
     assert last_json(silent.stdout)["last_test_acc1"] < 20  # chance: 10 %
-    fires = run_script("cifar10/train.py", *QUICK, "--epochs", "1", "--opt", "adamw", "--lr", "1e-3", "--augment",
-                       "light", "--output-dir", tmp_path, "--run-name", "fires")
-    assert "fired" not in fires.stderr
 
 
 def test_test_only_spike_stats_land_in_the_runs_tensorboard(tmp_path):

@@ -222,7 +222,8 @@ def test_every_damaged_checkpoint_is_one_sentence_when_read(good_run, tmp_path):
 LATE = ("args.", "model_settings", "a weight of the wrong shape", "optimizer", "an AdamW state", "numpy")
 
 
-@pytest.mark.parametrize("mode", ["--resume", "--test-only"])
+# --resume's pass trains what loads (90 s): with the whole corpus under -m slow; the default suite keeps 20 minutes.
+@pytest.mark.parametrize("mode", [pytest.param("--resume", marks=pytest.mark.slow), "--test-only"])
 def test_damaged_checkpoints_through_resume_and_test_only(good_run, tmp_path, mode):
     _through_the_script(good_run, tmp_path, mode, lambda name: name.startswith(LATE))
 
