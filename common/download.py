@@ -38,6 +38,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .identify import CHECKPOINT_SUFFIXES as IDENTIFIED_SUFFIXES
 from .identify import ArchiveError, checkpoints_in_archive, identify, is_archive
 
 ARTICLE = 24454912
@@ -333,7 +334,7 @@ MODELS = {
 # The settings of each model that its file may not tell (a CIFAR10-DVS file's T): the manifest records them,
 # and --test-only / --resume read them from there.
 MODEL_SETTINGS = {key: {"T": int(key.rsplit("_t", 1)[1])} for key in MODELS if key.startswith("cifar10dvs")}
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar", ".ckpt", ".pkl", ".bin")
+CHECKPOINT_SUFFIXES = (*IDENTIFIED_SUFFIXES, ".tar")  # a name rule may also take an old plain .tar checkpoint
 
 
 def model_of(name: str) -> str | None:

@@ -142,8 +142,8 @@ def _copy_members(members, dest: Path, check_name, archive: Path) -> list[tuple[
                                "the archive.")
         flat = check_name(f"{archive.name}__{flat}")
         if size > MAX_MEMBER_BYTES or total + size > MAX_ARCHIVE_BYTES:
-            raise ArchiveError(f"{archive.name}: member {name!r} ({size} bytes) is beyond the bounds on what an archive "
-                               "of checkpoints holds; refusing it.")
+            raise ArchiveError(f"{archive.name}: member {name!r} ({size} bytes) is beyond the bounds on what an "
+                               "archive of checkpoints holds; refusing it.")
         target, tmp = dest / flat, dest / f".{flat}.tmp"
         tmp.unlink(missing_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)

@@ -325,32 +325,48 @@ def read_run(run_dir: Path, event_dir: Path, layout: str | None, warn=lambda mes
                progress_of(run_dir, args, len(curve)) if "task" in args else "")
 
 
+MAX_RUN_FILE = 1 << 20  # metrics.jsonl, summary.json, args.txt, the lock of a run: far below a MiB
+
+
+def read_small(path: Path) -> str | None:
+    """A run file's text, at most MAX_RUN_FILE bytes; None when absent, not a regular file, or unreadable."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with path.open("rb") as f:
+            return f.read(MAX_RUN_FILE).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def summary_of(run_dir: Path) -> dict | None:
+    """A run's summary.json (its last invocation's final line); None when absent or damaged."""
+    from .runlog import SUMMARY
+
+    try:
+        summary = json.loads(read_small(run_dir / SUMMARY) or "null")
+    except (ValueError, RecursionError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def live_lock_holder(run_dir: Path) -> str | None:
+    """'host pid' of a live run holding the directory; None when no run holds it (or its process is gone)."""
+    from .run_dir import holder_is_gone
+    from .runlog import LOCK
+
+    holder = (read_small(run_dir / LOCK) or "").strip()
+    return holder if holder and not holder_is_gone(holder) else None
+
+
 def progress_of(run_dir: Path, args: dict, done: int) -> str:
     """Where a run of ours stands when it is not finished: in progress (its directory's lock is held by a live
     process, or it has written no summary.json yet) or stopped, with its epochs; '' for a finished run."""
-    from .run_dir import holder_is_gone
-    from .runlog import LOCK, SUMMARY
-
-    def small(name: str) -> str:
-        try:
-            path = run_dir / name
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                return ""
-            with path.open("rb") as f:
-                return f.read(1 << 16).decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    try:
-        summary = json.loads(small(SUMMARY) or "null")
-    except (ValueError, RecursionError):
-        summary = None
-    summary = summary if isinstance(summary, dict) else None
+    summary = summary_of(run_dir)
     epochs = (summary or {}).get("epochs", args.get("epochs"))
     epochs = epochs if isinstance(epochs, int) and not isinstance(epochs, bool) and 0 < epochs <= 10**6 else None
     of = f"{done} of {epochs} epochs" if epochs else f"{done} epochs"
-    holder = small(LOCK).strip()
-    if (holder and not holder_is_gone(holder)) or summary is None:
+    if summary is None or live_lock_holder(run_dir) is not None:
         return f"in progress: {of}"
     if "stopped" in summary or (epochs is not None and done < epochs):
         return f"stopped: {of}"

@@ -24,16 +24,15 @@ import math
 import os
 import re
 import shlex
-import stat
 import subprocess
 import sys
 from pathlib import Path
 
 from common import runlog
 from common.experiments import ROOT, TASKS, Launch, RegistryError, Row, launcher, load, plan, select
-from common.run_dir import checkpoints_in, holder_is_gone
+from common.run_dir import checkpoints_in
+from common.run_logs import live_lock_holder, read_small, summary_of
 
-MAX_FILE = 1 << 20  # metrics.jsonl, summary.json and args.txt of a run: far below a MiB
 MAX_REQUEUES = 100  # requeues of one job: room for months of 24-hour jobs; a loop of stops ends there
 SIGNAL_BEFORE_LIMIT_S = 180  # the stop (10 steps at most under DDP), the save, the requeue
 RENDEZVOUS_PORTS = (20000, 20000)  # a multi-node job's c10d port: the first + its job id modulo the second
@@ -125,7 +124,7 @@ def ended(row: Row, runs: Path, since: float) -> str:
             return "failed"
     except OSError:
         return "failed"
-    summary = _summary(run_dir)
+    summary = summary_of(run_dir) or {}
     done, epochs = _count(summary.get("epochs_done")), _count(summary.get("epochs", row.epochs))
     if done is None or epochs is None:
         return "failed"
@@ -149,20 +148,9 @@ def _check_script_values(args) -> None:
 
 # --- status ------------------------------------------------------------------------------------
 
-def _read_small(path: Path) -> str | None:
-    """A regular file's text, at most MAX_FILE bytes; None when absent, odd or unreadable."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        with path.open("rb") as f:
-            return f.read(MAX_FILE).decode("utf-8", "replace")
-    except OSError:
-        return None
-
-
 def _metrics(run_dir: Path) -> list[dict]:
     records = []
-    for line in (_read_small(run_dir / runlog.METRICS) or "").splitlines():
+    for line in (read_small(run_dir / runlog.METRICS) or "").splitlines():
         try:
             record = json.loads(line)
         except (ValueError, RecursionError):
@@ -173,28 +161,13 @@ def _metrics(run_dir: Path) -> list[dict]:
     return records
 
 
-def _summary(run_dir: Path) -> dict:
-    """The run's summary.json (its last invocation's final line), or {} when absent or damaged."""
-    try:
-        summary = json.loads(_read_small(run_dir / runlog.SUMMARY) or "")
-    except (ValueError, RecursionError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
-
-
 def _count(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**6 else None
 
 
 def _segments(run_dir: Path) -> int:
     """How many invocations trained the run: args.txt has a `# provenance:` line for each."""
-    return sum(line.startswith("# provenance: ") for line in (_read_small(run_dir / runlog.ARGS) or "").splitlines())
-
-
-def _lock_holder(run_dir: Path) -> str | None:
-    """'host pid' of a live run holding the directory; None when no run holds it (or its process is gone)."""
-    holder = (_read_small(run_dir / runlog.LOCK) or "").strip()
-    return holder if holder and not holder_is_gone(holder) else None
+    return sum(line.startswith("# provenance: ") for line in (read_small(run_dir / runlog.ARGS) or "").splitlines())
 
 
 def row_status(row: Row, runs: Path) -> dict:
@@ -203,9 +176,9 @@ def row_status(row: Row, runs: Path) -> dict:
     accuracies = [m["test/acc1"] for m in metrics if isinstance(m.get("test/acc1"), (int, float))
                   and 0 <= m["test/acc1"] <= 100]
     done = max((m["epoch"] for m in metrics), default=0)
-    epochs = _count(_summary(run_dir).get("epochs")) or row.epochs  # the run's own (--extra may set --epochs)
+    epochs = _count((summary_of(run_dir) or {}).get("epochs")) or row.epochs  # the run's own (--extra: --epochs)
     best = max(accuracies) if accuracies else None
-    holder = _lock_holder(run_dir)
+    holder = live_lock_holder(run_dir)
     status = {"id": row.id, "run_dir": str(run_dir), "epochs_done": done, "epochs": epochs,
               "segments": _segments(run_dir), "best": best, "paper": row.paper,
               "difference": None if best is None else best - row.paper}
