@@ -19,6 +19,7 @@ between the two without conversion.
 """
 import math
 import os
+import sys
 
 import torch
 import torch.nn as nn
@@ -54,11 +55,24 @@ def _time_linear(weight: torch.Tensor, bias: torch.Tensor, x_seq: torch.Tensor) 
         return torch.addmm(bias.to(dtype), weight.to(dtype), flat.to(dtype)).view(x_seq.shape)
 
 
+_KERNELS = None
+
+
 def _kernels():
     """common.kernels, imported on first use (it loads Triton)."""
-    from . import kernels
+    global _KERNELS
+    if _KERNELS is None:
+        from . import kernels
 
-    return kernels
+        _KERNELS = kernels
+    return _KERNELS
+
+
+def _kernels_on_cpu() -> bool:
+    """Whether CPU tensors may take the fused path: under Triton's interpreter (tests) or in the kernels'
+    launch-free mode (the host-time benchmark); otherwise Triton is never imported for a CPU model."""
+    loaded = sys.modules.get(f"{__package__}.kernels")
+    return os.environ.get("TRITON_INTERPRET") == "1" or (loaded is not None and loaded.LAUNCH_FREE)
 
 
 def _fire(weight: torch.Tensor, bias: torch.Tensor, x_seq: torch.Tensor, surrogate_function: nn.Module) -> torch.Tensor:
@@ -67,7 +81,7 @@ def _fire(weight: torch.Tensor, bias: torch.Tensor, x_seq: torch.Tensor, surroga
     The torch path is the reference: it builds H and keeps it for backward; the kernel
     keeps only x and recomputes H (see common/kernels.py).
     """
-    if (x_seq.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") and _kernels().usable(x_seq, surrogate_function):
+    if (x_seq.is_cuda or _kernels_on_cpu()) and _kernels().usable(x_seq, surrogate_function):
         spikes = _kernels().fire(x_seq, weight, bias, surrogate_function.alpha)
         if spikes is not None:  # None: the kernel cannot run here (warned once); the torch path follows
             return spikes

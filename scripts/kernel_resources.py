@@ -35,9 +35,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# Compiling for a GPU target needs the real JIT functions, not the interpreter's stand-ins
-# (set before Triton is first imported, here and in the worker processes).
-os.environ["TRITON_INTERPRET"] = "0"
+# Compiling for a GPU target needs the real JIT functions, not the interpreter's stand-ins: set before Triton is
+# first imported, for this process and the worker processes it starts. Only when run as a script: a process that
+# imports this module (a test) keeps its own setting (an interpreter run in it would break if this changed it).
+if __name__ == "__main__":
+    os.environ["TRITON_INTERPRET"] = "0"
 
 DTYPES = ("fp32", "fp16", "bf16")
 ARCHS = (80, 90)
@@ -126,10 +128,18 @@ def _ptxas() -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
 
-def measure(direction: str, T: int, dtype: str, arch: int, aligned: bool = True) -> Resources:
+def measure(direction: str, T: int, dtype: str, arch: int, aligned: bool = True) -> list[Resources]:
+    """Every kernel one call at T launches (the split backward launches two), compiled as launched."""
     from common.kernels import launch_config
 
-    return measure_config(launch_config(direction, T), direction, T, dtype, arch, aligned)
+    cfg = launch_config(direction, T)
+    results = []
+    for kernel_cfg in cfg.kernels():
+        r = measure_config(kernel_cfg, direction, T, dtype, arch, aligned)
+        if kernel_cfg is not cfg:
+            r.path = f"{cfg.name}:{kernel_cfg.name}"  # the split backward's gh kernel: 'split:tiled'
+        results.append(r)
+    return results
 
 
 def measure_config(cfg, direction: str, T: int, dtype: str, arch: int, aligned: bool = True) -> Resources:
@@ -143,7 +153,7 @@ def measure_config(cfg, direction: str, T: int, dtype: str, arch: int, aligned: 
     signature = _signature(kernel, dtype, cfg.constexprs, out_dtype)
     attrs = {}
     for i, name in enumerate(kernel.arg_names):
-        if aligned and (name.endswith("_ptr") or name in ("M", "stride_t")):
+        if aligned and (name.endswith("_ptr") or name in ("M", "stride_t", "stride_out", "stride_gh")):
             attrs[(i,)] = [["tt.divisibility", 16]]
         if name == "T" and name not in cfg.constexprs and T % 16 == 0:  # T's own, whatever the pointers are
             attrs[(i,)] = [["tt.divisibility", 16]]
@@ -172,15 +182,16 @@ def _measure(args):
     return measure(*args)
 
 
-def measure_all(Ts=T_VALUES, dtypes=DTYPES, archs=ARCHS, aligned=(True,), jobs: int | None = None) -> list[Resources]:
+def measure_all(Ts=T_VALUES, dtypes=DTYPES, archs=ARCHS, aligned=(True,), jobs: int | None = None,
+                directions=("forward", "backward")) -> list[Resources]:
     """Every variant, compiled in parallel processes (Triton's compiler holds the GIL)."""
-    todo = [(d, T, dt, arch, al) for d in ("forward", "backward") for T in Ts for dt in dtypes for arch in archs
+    todo = [(d, T, dt, arch, al) for d in directions for T in Ts for dt in dtypes for arch in archs
             for al in aligned]
     jobs = jobs or min(len(todo), os.cpu_count() or 1)
     if jobs == 1:
-        return [measure(*t) for t in todo]
+        return [r for t in todo for r in measure(*t)]
     with ProcessPoolExecutor(jobs) as pool:
-        return list(pool.map(_measure, todo))
+        return [r for rs in pool.map(_measure, todo) for r in rs]
 
 
 def markdown(results: list[Resources]) -> str:
@@ -199,6 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--T", type=int, nargs="+", default=list(T_VALUES))
     p.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES))
     p.add_argument("--arch", type=int, nargs="+", choices=ARCHS, default=list(ARCHS))
+    p.add_argument("--direction", nargs="+", choices=("forward", "backward"), default=["forward", "backward"])
     p.add_argument("--aligned-only", action="store_true",
                    help="only the aligned specialisation (default: both; see the docstring)")
     p.add_argument("--jobs", "-j", type=int, default=None, help="parallel compiler processes (default: CPUs)")
@@ -209,7 +221,8 @@ def main(argv=None) -> int:
     except ImportError:
         print("error: Triton is not installed (it ships with the CUDA builds of torch).", file=sys.stderr)
         return 2
-    results = measure_all(args.T, args.dtype, args.arch, (True,) if args.aligned_only else (True, False), args.jobs)
+    results = measure_all(args.T, args.dtype, args.arch, (True,) if args.aligned_only else (True, False), args.jobs,
+                          args.direction)
     if args.markdown:
         print(markdown(results))
     else:

@@ -31,17 +31,20 @@ def _check(*flags, expected: int):
 
 def test_no_kernel_variant_spills_at_the_path_boundaries():
     """Each path at both ends of its T range, fp32 and bf16, aligned and unaligned, both targets."""
+    # 9 T x 2 directions x 2 dtypes x 2 targets x 2 alignments, and the split backward's second kernel at 33, 64
     results = _check("--T", "8", "9", "16", "17", "32", "33", "64", "65", "256", "--dtype", "fp32", "bf16",
-                     expected=9 * 2 * 2 * 2 * 2)
-    assert {r["path"] for r in results} == {"small", "dot", "tiled"}
+                     expected=9 * 2 * 2 * 2 * 2 + 2 * 2 * 2 * 2)
+    assert {r["path"] for r in results} == {"small", "dot", "split", "split:tiled", "tiled"}
 
 
 @pytest.mark.slow  # every compiled variant: ~2 minutes on 2 cores with an empty Triton cache
 def test_no_kernel_variant_spills_or_exceeds_a_limit():
     from scripts.kernel_resources import T_VALUES
 
-    # 2 directions x one T per compiled kernel x 3 dtypes x 2 targets x aligned / unaligned
-    _check(expected=2 * len(T_VALUES) * 3 * 2 * 2)
+    # 2 directions x one T per compiled kernel x 3 dtypes x 2 targets x aligned / unaligned; the split backward
+    # launches two kernels
+    split = sum(kernels.launch_config("backward", T).prelude is not None for T in T_VALUES)
+    _check(expected=(2 * len(T_VALUES) + split) * 3 * 2 * 2)
 
 
 def test_the_check_sees_a_spilling_kernel():

@@ -309,3 +309,28 @@ def test_fused_path_uses_the_surrogates_own_alpha(fused, kind, T, k, dtype, alph
     sg = (alpha / 2) / (1 + (torch.pi * alpha / 2 * h) ** 2)
     gx = (weight.detach().double().t() @ (grad.double().flatten(1) * sg)).view(x.shape)
     torch.testing.assert_close(gxs.double(), gx, rtol=tol * 2, atol=tol * 2)
+
+
+@pytest.mark.parametrize("T,layout", [(64, "contiguous"), (40, "contiguous"), (64, "channels-last")])
+def test_split_backward_in_chunks_equals_the_torch_path(fused, monkeypatch, T, layout):
+    """T = 33..64 backward through a gh buffer smaller than the input: three column chunks, the last one short,
+    each with its own partial sums; channels-last input too."""
+    monkeypatch.setattr(kernels, "GH_BUFFER_ELEMENTS", T * 128)  # 128 columns a chunk
+    assert kernels.launch_config("backward", T).name == "split"
+    torch.manual_seed(T)
+    module = PSN(T=T).to(DEVICE)
+    with torch.no_grad():
+        module.weight.copy_(torch.randn(T, T) / T ** 0.5)
+    if layout == "channels-last":
+        x = torch.randn(T * 2, 5, 6, 5, device=DEVICE).contiguous(memory_format=torch.channels_last)
+        x = x.view(T, 2, 5, 6, 5)  # 300 elements a step, channels-last
+    else:
+        x = torch.randn(T, 3, 100, device=DEVICE)
+    grad = torch.randn_like(x)
+    launched = kernels.LAUNCHES["backward"]
+    (ys, gxs, gws, gbs), (yr, gxr, gwr, gbr) = both_paths(module, x, grad)
+    assert kernels.LAUNCHES["backward"] == launched + 1
+    assert torch.equal(ys, yr)
+    torch.testing.assert_close(gxs, gxr, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gws, gwr, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gbs, gbr, rtol=1e-4, atol=1e-4)
