@@ -1,26 +1,38 @@
-"""The whole GPU acceptance in one command: one table on stdout, every number in one JSON file.
+"""The GPU acceptance in one call that fits its time: one table and one JSON, rewritten after every stage.
 
-    python scripts/gpu_check.py --json gpu_check.json     # on a GPU: about 5 minutes on one H200
-    python scripts/gpu_check.py --dry-run                 # every stage at toy sizes, on CPU (the test suite runs it)
+    python scripts/gpu_check.py                          # on a GPU: --deadline 540, into $OUT or a new folder
+    python scripts/gpu_check.py --out DIR --deadline 300
+    python scripts/gpu_check.py --dry-run --deadline 120  # every stage at toy sizes on CPU (the suite runs it)
+    python scripts/gpu_check.py --apply-sweep DIR/gpu_check.json   # adopt the sweep's best launch settings
 
-Stages, each timed and kept going when another fails:
-  tests      tests/test_kernels.py and tests/test_neurons.py on CUDA: none may fail or skip (the launch
-             counters prove the fused path ran: every T category, fp32/fp16/bf16, contiguous and
-             channels-last, sizes that are no multiple of 16, autocast).
-  benchmark  scripts/benchmark_psn.py: our neurons against SpikingJelly's, extra memory, the copy floor.
-  training   200 steps of CIFAR10Net (256 channels, T 4, batch 128), the sequential CIFAR network (128
-             channels, T 32, batch 128) and SEW ResNet-18 (T 4, batch 64, 224 px) on synthetic data of the
-             real shapes, fused against torch path, under fp16 AMP and bf16: images/s, peak memory, and the
-             two loss curves agreeing (first step within 1e-3, the last 50 steps' mean within 5 %).
-  compile    CIFAR10Net under torch.compile (the kernels stay single custom ops): its first losses are
-             the eager ones, and its images/s.
-  ddp        one torchrun run of two processes with NCCL, when two GPUs or more are there.
-`--dry-run` runs each at toy sizes on CPU, the kernels under Triton's interpreter, so this script
+Stages, in this order, each given a share of the time left (a stage that cannot fit is skipped with a
+note; rows a stage has no time for are not started; at the deadline the stage in flight is cut):
+  neurons      PSN, MaskedPSN and SlidingPSN: ours against SpikingJelly 2.0 and the original code path, at
+               2^26 neurons x steps, T = 4 ... 64, fp32 / fp16 / bf16: forward, backward, both, host us,
+               GB/s, the copy floor and the peak memory each adds (common/benchmarking.py, as
+               scripts/benchmark_psn.py runs it).
+  correctness  every kernel path (T = 4, 16, 32, 64, 128) at 2^20 elements and at an odd count, fp32 and
+               bf16, channels-last too, against float64; one bf16 case at T = 64 above 2^31 elements.
+  networks     CIFAR10Net c256 T4 b128, the sequential network T32 b128 and SEW ResNet-18 T4 b64 under fp16
+               AMP: ours fused, ours torch path, SpikingJelly's neurons, the original code path and a free
+               spike (the ceiling); images/s and peak memory; the fused and torch loss curves compared.
+  sweep        launch settings (block, warps, stages, path, dot precision) timed at T = 4, 16, 32, 64 in fp32
+               and bf16; the best per case, to adopt with --apply-sweep.
+  tests        tests/test_kernels.py and tests/test_neurons.py on CUDA: none may fail or skip.
+  compile      CIFAR10Net under torch.compile: its first losses are the eager ones; images/s.
+  ddp          one torchrun run of two processes with NCCL, when two GPUs or more are there.
+gpu_check.json holds every number and a `goals` object, one entry per performance claim, each with what
+was measured, the target and a verdict (met / not met / toy sizes / not measured).
+`--dry-run` runs each stage at toy sizes on CPU, the kernels under Triton's interpreter, so this script
 cannot rot before a GPU comes (tests/test_gpu_check.py). Exit status 1 when a stage failed.
 """
 import argparse
+import datetime
 import json
+import math
 import os
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,14 +45,64 @@ if "--dry-run" in sys.argv:  # before Triton is imported anywhere: the kernels r
     os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402 - after TRITON_INTERPRET is set
-from spikingjelly.activation_based import functional  # noqa: E402
 
 from common import kernels  # noqa: E402
+
+from common import benchmarking as bench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 FIRST_STEP_RTOL = 1e-3
 LAST_MEAN_RTOL = 0.05
+STAGES = ("neurons", "correctness", "networks", "sweep", "tests", "compile", "ddp")
+# A stage's share of the time left when it starts, against the stages still to come.
+SHARES = {"neurons": 24, "correctness": 10, "networks": 24, "sweep": 16, "tests": 10, "compile": 8, "ddp": 8}
+# Below this many seconds a stage is skipped rather than started (real run / dry run).
+MINIMUM = {"neurons": (30, 5), "correctness": (15, 5), "networks": (30, 5), "sweep": (20, 3), "tests": (20, 10),
+           "compile": (20, 5), "ddp": (40, 15)}
+GOAL_NETWORK = "CIFAR10Net"  # the first network of benchmark_psn.networks: the 1.7x goal
+
+
+class DeadlineReached(Exception):
+    pass
+
+
+class Clock:
+    """Seconds left: to the whole call's deadline, or to the end of one stage's budget within it."""
+
+    def __init__(self, seconds: float, parent: "Clock | None" = None):
+        self.end = time.monotonic() + seconds
+        self.parent = parent
+
+    def left(self) -> float:
+        own = self.end - time.monotonic()
+        return min(own, self.parent.left()) if self.parent else own
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+class Report:
+    """Everything so far, rewritten (atomically) into gpu_check.json and gpu_check.md whenever asked."""
+
+    def __init__(self, out: Path, env: dict, dry: bool, deadline: float):
+        self.out, self.env, self.dry, self.deadline = out, env, dry, deadline
+        self.stages: list[dict] = []
+        self.started = time.monotonic()
+
+    def data(self) -> dict:
+        return {"environment": self.env, "dry_run": self.dry, "deadline_s": self.deadline,
+                "elapsed_s": time.monotonic() - self.started, "stages": self.stages, "goals": goals(self)}
+
+    def write(self) -> None:
+        data = self.data()
+        for name, text in (("gpu_check.json", json.dumps(data, indent=1, default=str)),
+                           ("gpu_check.md", markdown(data))):
+            tmp = self.out / f".{name}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, self.out / name)
+
+    def stage(self, name: str) -> dict | None:
+        return next((s for s in self.stages if s["stage"] == name), None)
 
 
 def _environment(device: torch.device) -> dict:
@@ -51,97 +113,151 @@ def _environment(device: torch.device) -> dict:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "gpu_count": gpus, "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "launch_overrides": kernels.launch_overrides_now(),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-# --- tests ---------------------------------------------------------------------------------------
+# --- neurons -----------------------------------------------------------------------------------------
 
-def stage_tests(dry: bool, tmp: Path) -> dict:
-    files = ["tests/test_kernels.py", "tests/test_neurons.py"]
-    select = ["-k", "fp32 and psn-4 and shape1 or autocast and psn"] if dry else []
-    report = tmp / "tests.xml"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if not dry:
-        env.pop("TRITON_INTERPRET", None)  # the real kernels on the GPU
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *files, *select,
-                          f"--junitxml={report}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    suites = ET.parse(report).getroot()
-    suite = suites if suites.tag == "testsuite" else suites[0]
-    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    ok = out.returncode == 0 and counts["failures"] == counts["errors"] == counts["skipped"] == 0 and counts["tests"] > 0
-    tail = "" if ok else out.stdout[-3000:]
-    return {"ok": ok, "summary": f"{counts['tests']} tests, {counts['failures'] + counts['errors']} failed, "
-                                 f"{counts['skipped']} skipped", **counts, "output": tail}
+def stage_neurons(ctx) -> dict:
+    if ctx.dry:  # both ends of the goals: a T <= 32 and the bf16 T = 64 of the memory claim
+        Ts, dtypes, numel, warmup, reps = (4, 64), ("float32", "bfloat16"), 2**8, 0, 1
+    else:
+        Ts, dtypes, numel, warmup, reps = (4, 8, 16, 32, 64), tuple(bench.DTYPES), 2**26, 2, 8
+    result = ctx.partial
+    result["rows"] = []
 
+    def on_row(rows):
+        result["rows"] = rows
+        ctx.report.write()
 
-# --- benchmark -----------------------------------------------------------------------------------
-
-def stage_benchmark(dry: bool, tmp: Path, device: torch.device) -> dict:
-    path = tmp / "bench.json"
-    flags = ["--quick", "--device", "cpu", "--skip-networks"] if dry else ["--device", str(device)]
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark_psn.py"), *flags, "--json", str(path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
-        return {"ok": False, "summary": "benchmark_psn.py failed", "output": out.stderr[-3000:]}
-    data = json.loads(path.read_text())
-    ratios = [row["PSN_sj_ms"] / row["PSN_ours_ms"] for row in data["neurons"]]
-    summary = f"PSN vs SpikingJelly: {min(ratios):.2f}x .. {max(ratios):.2f}x over {len(ratios)} sizes"
-    return {"ok": True, "summary": summary, "tables": out.stdout, **data}
+    rows = bench.bench_neurons(ctx.device, Ts, dtypes, numel, warmup, reps, clock=ctx.clock, on_row=on_row)
+    result["rows"] = rows
+    done = {(r["dtype"], r["T"]) for r in rows}
+    result["not_started"] = [f"{d} T={T}" for d in dtypes for T in Ts if (d, T) not in done]
+    ratios = [impls["sj"]["both"]["ms"] / impls["ours"]["both"]["ms"] for r in rows for impls in r["neurons"].values()]
+    result["ok"] = bool(rows)
+    result["summary"] = (f"{len(rows)} of {len(Ts) * len(dtypes)} (dtype, T) rows; SpikingJelly / ours "
+                         f"{min(ratios):.2f}x .. {max(ratios):.2f}x" if ratios else "no row fitted")
+    return result
 
 
-# --- training ------------------------------------------------------------------------------------
+# --- correctness at scale ------------------------------------------------------------------------------
 
-def _models(dry: bool):
-    from cifar10.models import CIFAR10Net
-    from common.losses import per_step_outputs_loss, smoothed_cross_entropy
-    from imagenet.models import sew_resnet18
-    from sequential_cifar.models import SequentialCIFARNet
+def correctness_cases(dry: bool, device: torch.device) -> list[dict]:
+    """Each kernel path (forward / backward: small/small, small/dot, dot/dot, dot/split, tiled/tiled) at
+    2^20 elements and at an odd per-step count, fp32 and bf16, and channels-last; one bf16 T = 64 case above
+    2^31 elements on a GPU with the memory for it."""
+    total = 2**9 if dry else 2**20
+    cases = []
+    for T in (4, 16, 32, 64, 128):
+        for dtype in ("float32", "bfloat16"):
+            M = total // T
+            cases.append({"T": T, "dtype": dtype, "M": M, "layout": "contiguous"})
+            cases.append({"T": T, "dtype": dtype, "M": M + 1 if M % 2 == 0 else M + 2, "layout": "contiguous"})
+            cases.append({"T": T, "dtype": dtype, "M": M, "layout": "channels-last"})
+    big = 2**31 // 64 + 2**15
+    cases.append({"T": 64, "dtype": "bfloat16", "M": 2**8 if dry else big, "layout": "contiguous", "large": True})
+    return cases
 
-    cifar_loss, tet = smoothed_cross_entropy(0.1), per_step_outputs_loss(True, time_dim=0)
-    if dry:  # the interpreter runs every kernel program in numpy: the smallest shapes that still build
-        return [("CIFAR10Net c2 T4 b1", lambda: CIFAR10Net(2, 4), (1, 3, 32, 32), 10, cifar_loss),
-                ("SequentialCIFARNet c4 T32 b2", lambda: SequentialCIFARNet(4), (2, 3, 32, 32), 10, cifar_loss),
-                ("SEW ResNet-18 T4 b1 16px", lambda: sew_resnet18(T=4, num_classes=10), (1, 3, 16, 16), 10, tet)]
-    return [("CIFAR10Net c256 T4 b128", lambda: CIFAR10Net(256, 4), (128, 3, 32, 32), 10, cifar_loss),
-            ("SequentialCIFARNet c128 T32 b128", lambda: SequentialCIFARNet(128), (128, 3, 32, 32), 10, cifar_loss),
-            ("SEW ResNet-18 T4 b64", lambda: sew_resnet18(T=4), (64, 3, 224, 224), 1000, tet)]
+
+def _case_input(case: dict, device, generator):
+    T, M, dtype = case["T"], case["M"], bench.DTYPES[case["dtype"]]
+    if case["layout"] == "channels-last":  # [T*N, C, H, W] in channels-last, seen as [T, N, C, H, W]
+        N, H, W = 4, 4, 4
+        C = max(2, M // (N * H * W))  # two channels at least: with one, channels-last is contiguous too
+        x = torch.randn(T * N, C, H, W, device=device, generator=generator, dtype=dtype)
+        return x.contiguous(memory_format=torch.channels_last).view(T, N, C, H, W)
+    x = torch.empty(T, M, device=device, dtype=dtype)
+    chunk = 2**22
+    for start in range(0, M, chunk):  # in pieces: the large case must not hold an fp32 copy
+        x[:, start:start + chunk] = torch.randn(T, min(chunk, M - start), device=device, generator=generator)
+    return x
 
 
-def train(build, shape, classes, loss_fn, device, dtype, fused: bool, steps: int, warmup: int, compiled=None) -> dict:
-    """`steps` SGD steps on a fixed pool of synthetic batches; losses of every step, images/s after `warmup`."""
-    torch.manual_seed(0)
-    model = build().to(device)
-    runner = compiled(model) if compiled is not None else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    g = torch.Generator(device=device).manual_seed(1)
-    pool = [(torch.randn(shape, device=device, generator=g),
-             torch.randint(0, classes, (shape[0],), device=device, generator=g)) for _ in range(4)]
-    losses = torch.zeros(steps, device=device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    started = None
-    with kernels.enabled(fused):
-        for step in range(steps):
-            if step == warmup:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                started = time.perf_counter()
-            images, labels = pool[step % len(pool)]
-            with torch.autocast(device.type, dtype=dtype):
-                loss = loss_fn(runner(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            functional.reset_net(model)
-            losses[step] = loss.detach().float()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - started
-    return {"losses": losses.tolist(), "images_per_s": shape[0] * (steps - warmup) / seconds,
-            "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
+def check_case(case: dict, device, fire=None) -> dict:
+    """The fused path's spikes and gradients for one case against float64 arithmetic, in column chunks.
 
+    Spikes must agree wherever |h| exceeds the fp32 rounding band (1e-4 of sum |W x| + |b|); dL/dx within
+    1e-4 (fp32) or 1e-2 (bf16, its rounding) of the largest reference value; dL/dW and dL/db within 1e-3."""
+    fire = fire or kernels.fire
+    g = torch.Generator(device=device).manual_seed(case["T"] * 1000 + case["M"] % 1000)
+    T = case["T"]
+    x = _case_input(case, device, g)
+    grad = torch.empty_like(x)
+    grad.copy_(torch.randn(x.shape, device=device, generator=g, dtype=x.dtype) if x.numel() < 2**28 else
+               x.flip(0))  # the large case: any gradient will do, without another large random draw
+    weight = (torch.randn(T, T, device=device, generator=g) / math.sqrt(T)).requires_grad_(True)
+    bias = (torch.randn(T, device=device, generator=g) * 0.1).requires_grad_(True)
+    xg = x.detach().requires_grad_(True)
+    spikes = fire(xg, weight, bias, 2.0)
+    if spikes is None:
+        return {**case, "ok": False, "why": "the fused path declined this input"}
+    spikes.backward(grad)
+    w64, b64 = weight.detach().double(), bias.detach().double()[:, None]
+    xf, sf, gf, gxf = (t.reshape(T, -1) for t in (x, spikes.detach(), grad, xg.grad))
+    gw64 = torch.zeros(T, T, dtype=torch.float64, device=device)
+    gb64 = torch.zeros(T, dtype=torch.float64, device=device)
+    outside = inside = 0
+    gx_err = gx_ref = 0.0
+    chunk = max(1, 2**26 // T)
+    for start in range(0, xf.shape[1], chunk):
+        xc = xf[:, start:start + chunk].double()
+        h = w64 @ xc + b64
+        band = 1e-4 * (w64.abs() @ xc.abs() + b64.abs())
+        wrong = (sf[:, start:start + chunk].double() != (h >= 0).double())
+        outside += int((wrong & (h.abs() > band)).sum())
+        inside += int(wrong.sum())
+        gh = gf[:, start:start + chunk].double() * (1.0 / (1 + (math.pi * h) ** 2))  # alpha = 2
+        gx = w64.t() @ gh
+        gx_err = max(gx_err, float((gxf[:, start:start + chunk].double() - gx).abs().max()))
+        gx_ref = max(gx_ref, float(gx.abs().max()))
+        gw64 += gh @ xc.t()
+        gb64 += gh.sum(1)
+        del xc, h, band, wrong, gh, gx
+    gw_err = float((weight.grad.double() - gw64).abs().max() / gw64.abs().max().clamp_min(1e-30))
+    gb_err = float((bias.grad.double() - gb64).abs().max() / gb64.abs().max().clamp_min(1e-30))
+    gx_rel = gx_err / max(gx_ref, 1e-30)
+    gx_tol = 1e-4 if case["dtype"] == "float32" else 1e-2
+    ok = outside == 0 and gx_rel <= gx_tol and gw_err <= 1e-3 and gb_err <= 1e-3
+    paths = {d: kernels.launch_config(d, T).name for d in ("forward", "backward")}
+    return {**case, "elements": x.numel(), "paths": paths, "ok": ok, "spike_mismatches_outside_band": outside,
+            "spike_mismatches_in_band": inside, "grad_x_rel_err": gx_rel, "grad_w_rel_err": gw_err,
+            "grad_b_rel_err": gb_err}
+
+
+def stage_correctness(ctx) -> dict:
+    result = ctx.partial
+    result["cases"] = []
+    for case in correctness_cases(ctx.dry, ctx.device):
+        if ctx.clock.left() <= 0:
+            result.setdefault("not_started", []).append(case)
+            continue
+        if case.get("large") and ctx.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(ctx.device)
+            need = case["T"] * case["M"] * (2 * 4 + 4) + 2**32  # x, dL/dS, spikes, dL/dx (bf16) and gh (fp32)
+            if free < need:
+                result["cases"].append({**case, "ok": None, "why": f"skipped: {need / 2**30:.0f} GiB needed, "
+                                                                  f"{free / 2**30:.0f} GiB free"})
+                continue
+        with kernels.enabled(True):
+            result["cases"].append(check_case(case, ctx.device))
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
+        ctx.report.write()
+    cases = result["cases"]
+    failed = [c for c in cases if c["ok"] is False]
+    result["ok"] = bool(cases) and not failed
+    result["summary"] = (f"{sum(c['ok'] is True for c in cases)} of {len(cases)} cases within tolerance"
+                         + (f"; failed: {', '.join(_case_name(c) for c in failed)}" if failed else ""))
+    return result
+
+
+def _case_name(c: dict) -> str:
+    return f"T={c['T']} {c['dtype']} M={c['M']} {c['layout']}"
+
+
+# --- networks -----------------------------------------------------------------------------------------
 
 def agree(a: list[float], b: list[float]) -> tuple[bool, float, float]:
     """Whether two loss curves agree: the first step within FIRST_STEP_RTOL, the last 50 steps' means within
@@ -153,35 +269,212 @@ def agree(a: list[float], b: list[float]) -> tuple[bool, float, float]:
     return first <= FIRST_STEP_RTOL and last <= LAST_MEAN_RTOL, first, last
 
 
-def stage_training(dry: bool, device: torch.device) -> dict:
-    steps, warmup = (2, 1) if dry else (200, 20)
-    rows, ok = [], True
-    for label, build, shape, classes, loss_fn in _models(dry):
-        for dtype in (torch.float16, torch.bfloat16):
-            fused = train(build, shape, classes, loss_fn, device, dtype, True, steps, warmup)
-            reference = train(build, shape, classes, loss_fn, device, dtype, False, steps, warmup)
-            same, first, last = agree(fused["losses"], reference["losses"])
+def stage_networks(ctx) -> dict:
+    steps, warmup = (2, 1) if ctx.dry else (40, 10)
+    result = ctx.partial
+    result["rows"] = []
+
+    def on_row(rows):
+        result["rows"] = done + rows
+        ctx.report.write()
+
+    done = []
+    done += bench.bench_networks(ctx.device, ctx.dry, steps, warmup, clock=ctx.clock, on_row=on_row)
+    # bf16 autocast: the fused and torch paths' curves (the speed rows are fp16's); one network in a dry run
+    done += bench.bench_networks(ctx.device, ctx.dry, steps, warmup, clock=ctx.clock, variants=("fused", "torch"),
+                                 on_row=on_row, dtype="bfloat16", first=1 if ctx.dry else None)
+    ok = True
+    for row in done:
+        if "fused" in row and "torch" in row:
+            same, first, last = agree(row["fused"]["losses"], row["torch"]["losses"])
+            row["curves"] = {"agree": same, "first_step_rdiff": first, "last_mean_rdiff": last}
             ok &= same
-            rows.append({"model": label, "dtype": str(dtype).replace("torch.", ""), "agree": same,
-                         "first_step_rdiff": first, "last_mean_rdiff": last,
-                         "fused_images_per_s": fused["images_per_s"], "torch_images_per_s": reference["images_per_s"],
-                         "speedup": fused["images_per_s"] / reference["images_per_s"],
-                         "fused_peak_mib": fused["peak_mib"], "torch_peak_mib": reference["peak_mib"],
-                         "fused_losses": fused["losses"], "torch_losses": reference["losses"]})
-    speedups = [r["speedup"] for r in rows]
-    return {"ok": ok, "summary": f"{sum(r['agree'] for r in rows)}/{len(rows)} loss curves agree; fused/torch "
-                                 f"images/s {min(speedups):.2f}x .. {max(speedups):.2f}x", "rows": rows}
+    result["rows"] = done
+    curves = [r["curves"]["agree"] for r in done if "curves" in r]
+    result["ok"] = ok and bool(curves)
+    ceiling = [r["ceiling_fraction"] for r in done if "ceiling_fraction" in r]
+    result["summary"] = (f"{sum(curves)}/{len(curves)} fused/torch loss curves agree"
+                         + (f"; fused at {100 * min(ceiling):.0f}-{100 * max(ceiling):.0f} % of the free-spike "
+                            "ceiling" if ceiling else ""))
+    return result
 
 
-# --- compile, ddp --------------------------------------------------------------------------------
+# --- the launch-setting sweep -----------------------------------------------------------------------
 
-def stage_compile(dry: bool, device: torch.device) -> dict:
-    label, build, shape, classes, loss_fn = _models(dry)[0]
-    steps, warmup = (2, 1) if dry else (40, 10)
-    backend = "eager" if dry else "inductor"  # on CPU: dynamo's tracing of the custom ops, without a C++ build
-    eager = train(build, shape, classes, loss_fn, device, torch.float16, True, steps, warmup)
-    compiled = train(build, shape, classes, loss_fn, device, torch.float16, True, steps, warmup,
-                     compiled=lambda m: torch.compile(m, backend=backend))
+def sweep_candidates(direction: str, T: int, dry: bool) -> list[dict]:
+    """Launch settings to time at T, the default first. Only what the kernels accept (kernels._config checks)."""
+    default = kernels.default_setting(direction, T)
+    options = [default]
+
+    def add(**change):
+        s = {**default, **change}
+        if s not in options:
+            try:
+                kernels._config(direction, T, s)
+            except ValueError:
+                return
+            options.append(s)
+
+    if direction == "forward":
+        if T <= 8:
+            add(BLOCK=128), add(BLOCK=512), add(num_warps=8)
+        elif T <= 16:
+            add(BLOCK=64), add(BLOCK=256), add(path="dot", BLOCK=32, num_warps=8)
+        else:
+            add(BLOCK=64), add(num_warps=4 if default["num_warps"] == 8 else 8), add(path="tiled", BLOCK=64,
+                                                                                     num_warps=8)
+    else:
+        if T <= 8:
+            add(BLOCK=64), add(BLOCK=256), add(num_warps=8)
+        elif T <= 32:
+            add(BLOCK=32 if default["BLOCK"] == 64 else 64), add(precision="tf32x3"), add(num_stages=2),
+            add(path="split", BLOCK=32, num_warps=16)
+        else:
+            add(path="tiled", BLOCK=64, num_warps=8), add(precision="tf32x3"), add(BLOCK=16, num_warps=8),
+            add(path="dot", BLOCK=32, num_warps=16)
+    return options[:2] if dry else options
+
+
+def stage_sweep(ctx) -> dict:
+    Ts, dtypes, numel, warmup, reps = ((4, 64), ("float32",), 2**8, 0, 1) if ctx.dry else \
+        ((4, 16, 32, 64), ("float32", "bfloat16"), 2**26, 2, 6)
+    result = ctx.partial
+    result["cases"] = []
+    for T in Ts:
+        for dtype_name in dtypes:
+            g0 = torch.Generator(device=ctx.device).manual_seed(T)
+            x = torch.randn(T, numel // T, device=ctx.device, generator=g0).to(bench.DTYPES[dtype_name])
+            grad = torch.randn_like(x)
+            w = torch.randn(T, T, device=ctx.device, generator=g0) / math.sqrt(T)
+            b = torch.zeros(T, device=ctx.device)
+            for direction in ("forward", "backward"):
+                case = {"T": T, "dtype": dtype_name, "direction": direction, "band": kernels.t_range(T), "timings": []}
+                for setting in sweep_candidates(direction, T, ctx.dry):
+                    if ctx.clock.left() <= 0:
+                        case["cut"] = True
+                        break
+                    key = f"{direction}:{kernels.t_range(T)}"
+                    with kernels.launch_overrides({key: setting}):
+                        run = (lambda _: kernels._forward(x, w, b)) if direction == "forward" else \
+                            (lambda _: kernels._backward(grad, x, w, b, 2.0))
+                        try:
+                            ms = bench.timed(ctx.device, run, None, warmup + 1, reps)["ms"]  # + 1: the compile
+                            case["timings"].append({"setting": setting, "ms": ms})
+                        except Exception as e:  # noqa: BLE001 - a setting that fails to compile is a result
+                            case["timings"].append({"setting": setting, "error": f"{type(e).__name__}: {e}"[:300]})
+                timed_ok = [t for t in case["timings"] if "ms" in t]
+                if timed_ok:
+                    best = min(timed_ok, key=lambda t: t["ms"])
+                    case["best"] = best["setting"]
+                    case["default_ms"] = case["timings"][0].get("ms")
+                    case["best_ms"] = best["ms"]
+                result["cases"].append(case)
+                ctx.report.write()
+            x = grad = None  # freed before the next case's tensors
+    cases = result["cases"]
+    gains = [c["default_ms"] / c["best_ms"] for c in cases if c.get("default_ms") and c.get("best_ms")]
+    result["ok"] = bool(cases)
+    result["summary"] = (f"{len(cases)} cases; the best setting beats the default by up to {max(gains):.2f}x; "
+                         "--apply-sweep adopts them" if gains else "no case timed")
+    return result
+
+
+def choose_overrides(sweep: dict, min_gain: float = 1.03) -> dict:
+    """Per direction and band of T, the setting with the best geometric mean time over the dtypes measured,
+    kept when it beats the default by min_gain or more (settings that failed anywhere are out)."""
+    by_key: dict = {}
+    for case in sweep.get("cases", []):
+        key = f"{case['direction']}:{case['band']}"
+        for t in case["timings"]:
+            entry = by_key.setdefault(key, {}).setdefault(json.dumps(t["setting"], sort_keys=True), [])
+            entry.append(t.get("ms"))
+    chosen = {}
+    for key, settings in by_key.items():
+        default = json.dumps(kernels.default_setting(key.split(":")[0], int(key.split("-")[-1])), sort_keys=True)
+        counts = max(len(v) for v in settings.values())
+        scores = {s: math.exp(statistics.mean(math.log(m) for m in v)) for s, v in settings.items()
+                  if len(v) == counts and all(m for m in v)}
+        if default not in scores or not scores:
+            continue
+        best = min(scores, key=scores.get)
+        if best != default and scores[default] / scores[best] >= min_gain:
+            chosen[key] = json.loads(best)
+    return chosen
+
+
+def apply_sweep(path: Path, target: Path) -> int:
+    """--apply-sweep: the sweep's best settings into common/launch_overrides.json, each compiled ahead of time for
+    sm_80 and sm_90 first (scripts/kernel_resources.py with the new settings, no GPU needed): a setting that spills
+    or leaves fewer than 16 warps per SM is not adopted."""
+    try:
+        data = json.loads(Path(path).read_text())
+        sweep = next(s for s in data["stages"] if s["stage"] == "sweep")
+    except (OSError, ValueError, KeyError, StopIteration, TypeError):
+        print(f"error: {path} holds no sweep stage of a gpu_check run.", file=sys.stderr)
+        return 2
+    chosen = choose_overrides(sweep)
+    refused = {}
+    if chosen:
+        with tempfile.TemporaryDirectory() as tmp:
+            trial = Path(tmp) / "overrides.json"
+            trial.write_text(json.dumps({**kernels.launch_overrides_now(), **chosen}))
+            Ts = sorted({int(v) for key in chosen for v in key.split(":")[1].split("-")})
+            directions = sorted({key.split(":")[0] for key in chosen})
+            out = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_resources.py"), "--T", *map(str, Ts),
+                                  "--direction", *directions],
+                                 cwd=ROOT, capture_output=True, text=True,
+                                 env=dict(os.environ, PSN_LAUNCH_CONFIG=str(trial), TRITON_INTERPRET="0"))
+            results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+            if not results:
+                print(f"error: the settings could not be compiled: {out.stderr.strip()[-500:]}", file=sys.stderr)
+                return 1
+        for r in results:
+            key = f"{r['direction']}:{kernels.t_range(r['T'])}"
+            if key in chosen and not r["ok"]:
+                refused[key] = chosen[key]
+    adopted = {k: v for k, v in chosen.items() if k not in refused}
+    merged = {**kernels.launch_overrides_now(), **adopted}
+    target.write_text(json.dumps({"overrides": merged, "from": {"file": str(path),
+                                                                "gpu": data.get("environment", {}).get("gpu")}},
+                                 indent=1) + "\n")
+    for key, setting in adopted.items():
+        print(f"adopted {key}: {setting}")
+    for key, setting in refused.items():
+        print(f"not adopted {key}: {setting} (spills or leaves fewer than 16 warps per SM on sm_80 or sm_90)")
+    if not chosen:
+        print("the defaults were best everywhere (within 3 %): nothing to change")
+    print(f"wrote {target}; run `python -m pytest tests/test_kernels.py tests/test_kernel_resources.py` and commit it")
+    return 0
+
+
+# --- tests, compile, ddp --------------------------------------------------------------------------------
+
+def stage_tests(ctx) -> dict:
+    files = ["tests/test_kernels.py", "tests/test_neurons.py"]
+    select = ["-k", "fp32 and psn-4 and shape1 or autocast and psn"] if ctx.dry else []
+    report = ctx.tmp / "tests.xml"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if not ctx.dry:
+        env.pop("TRITON_INTERPRET", None)  # the real kernels on the GPU
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *files, *select,
+                          f"--junitxml={report}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=max(1, ctx.clock.left()))
+    suites = ET.parse(report).getroot()
+    suite = suites if suites.tag == "testsuite" else suites[0]
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    ok = out.returncode == 0 and counts["failures"] == counts["errors"] == counts["skipped"] == 0 and counts["tests"] > 0
+    tail = "" if ok else out.stdout[-3000:]
+    return {"ok": ok, "summary": f"{counts['tests']} tests, {counts['failures'] + counts['errors']} failed, "
+                                 f"{counts['skipped']} skipped", **counts, "output": tail}
+
+
+def stage_compile(ctx) -> dict:
+    label, build, shape, classes, _ = bench.networks(ctx.dry)[0]
+    steps, warmup = (2, 1) if ctx.dry else (40, 10)
+    backend = "eager" if ctx.dry else "inductor"  # on CPU: dynamo's tracing of the custom ops, without a C++ build
+    eager = bench.train_steps(build, shape, classes, ctx.device, "fused", steps, warmup)
+    compiled = bench.train_steps(build, shape, classes, ctx.device, "fused", steps, warmup,
+                                 wrap=lambda m: torch.compile(m, backend=backend))
     first = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(compiled["losses"][:2], eager["losses"][:2])]
     ok = max(first) <= 1e-2
     return {"ok": ok, "summary": f"{label}, backend {backend}: first losses within {max(first):.1e} of eager; "
@@ -189,63 +482,205 @@ def stage_compile(dry: bool, device: torch.device) -> dict:
             "compiled": compiled, "eager": eager}
 
 
-def stage_ddp(dry: bool, tmp: Path) -> dict:
+def stage_ddp(ctx) -> dict:
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if not dry and gpus < 2:
+    if not ctx.dry and gpus < 2:
         return {"ok": True, "skipped": True, "summary": f"skipped: {gpus} GPU (two are needed)"}
-    device, flags = ("cpu", ["--channels", "4", "-b", "700", "--workers", "0"]) if dry else \
+    device, flags = ("cpu", ["--channels", "4", "-b", "700", "--workers", "0"]) if ctx.dry else \
         ("cuda", ["--channels", "32", "-b", "64", "--workers", "2"])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "cifar10" / "train.py"), "--dataset", "digits", *flags, "--epochs", "1", "--device", device,
-           "--output-dir", str(tmp / "ddp"), "--run-name", "r"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+           "--output-dir", str(ctx.tmp / "ddp"), "--run-name", "r"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(1, ctx.clock.left()),
                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     if out.returncode != 0:
         return {"ok": False, "summary": "torchrun failed", "output": out.stderr[-3000:]}
     record = json.loads(out.stdout.strip().splitlines()[-1])
-    backend = "gloo" if dry else "nccl"
+    backend = "gloo" if ctx.dry else "nccl"
     return {"ok": record["epochs_done"] == 1, "summary": f"2 processes ({backend}): an epoch, test acc1 "
                                                          f"{record['last_test_acc1']:.2f}", "record": record}
 
 
-def run_stage(name: str, fn, *args) -> dict:
-    started = time.perf_counter()
-    try:
-        result = fn(*args)
-    except Exception as e:  # noqa: BLE001 - one stage's failure must not hide the others' results
-        result = {"ok": False, "summary": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
-                  "output": traceback.format_exc()[-3000:]}
-    result["seconds"] = time.perf_counter() - started
-    result["stage"] = name
-    return result
+STAGE_FUNCTIONS = {"neurons": stage_neurons, "correctness": stage_correctness, "networks": stage_networks,
+                   "sweep": stage_sweep, "tests": stage_tests, "compile": stage_compile, "ddp": stage_ddp}
 
 
-def table(env: dict, stages: list[dict]) -> str:
+# --- goals ------------------------------------------------------------------------------------------
+
+def _spread(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def goals(report: Report) -> dict:
+    """One entry per performance claim: what was measured, the target, and a verdict."""
+    def verdict(met: bool | None) -> str:
+        if met is None:
+            return "not measured"
+        return "toy sizes" if report.dry else ("met" if met else "not met")
+
+    neurons = (report.stage("neurons") or {}).get("rows", [])
+    sj, floor, memory, memory_t64 = {}, {}, {}, []
+    host_bound = []
+    for r in neurons:
+        for name, impls in r["neurons"].items():
+            ours = impls["ours"]
+            if ours["both"].get("host_bound"):
+                host_bound.append(f"{r['dtype']} T={r['T']} {name}")
+            if "sj" in impls:
+                sj.setdefault(r["T"], []).append(impls["sj"]["both"]["ms"] / ours["both"]["ms"])
+                if ours.get("peak_mib") and impls["sj"].get("peak_mib"):
+                    ratio = ours["peak_mib"] / impls["sj"]["peak_mib"]
+                    memory.setdefault(r["T"], []).append(ratio)
+                    if r["T"] == 64 and r["dtype"] == "bfloat16":
+                        memory_t64.append({"neuron": name, "ratio": ratio})
+            if r["T"] <= 32:
+                floor.setdefault(r["T"], []).append(ours["both"]["ms"] / r["floor_ms"]["both"])
+    out = {
+        "neuron_vs_spikingjelly": {
+            "target": ">= 5x (SpikingJelly 2.0's time / ours, forward + backward), every neuron and dtype, per T",
+            "per_T": {T: _spread(v) for T, v in sj.items()},
+            "verdict": verdict(all(min(v) >= 5 for v in sj.values()) if sj else None)},
+        "neuron_vs_copy_floor": {
+            "target": "<= 2x (ours / the copy floor moving the same bytes, forward + backward) at T <= 32",
+            "per_T": {T: _spread(v) for T, v in floor.items()},
+            "verdict": verdict(all(max(v) <= 2 for v in floor.values()) if floor else None)},
+        "memory_vs_spikingjelly": {
+            "target": "<= 0.5x (peak memory a forward + backward adds, ours / SpikingJelly's), every row; "
+                      "<= 1x at T = 64 in bf16",
+            "per_T": {T: _spread(v) for T, v in memory.items()}, "t64_bfloat16": memory_t64,
+            "verdict": verdict(all(max(v) <= 0.5 for v in memory.values()) if memory else None)},
+    }
+    if host_bound:
+        for key in ("neuron_vs_spikingjelly", "neuron_vs_copy_floor"):
+            out[key]["host_bound_rows"] = host_bound  # the GPU waited for the host there: Python was measured
+    rows = [r for r in (report.stage("networks") or {}).get("rows", []) if r.get("dtype") == "float16"]
+    target = next((r for r in rows if r["network"].startswith(GOAL_NETWORK) and "vs_original" in r
+                   and "channels-last" not in r["network"]), None)
+    out["network_vs_original"] = {
+        "target": ">= 1.7x training images/s, ours fused / the original code path, CIFAR10Net c256 T4 b128 fp16 AMP",
+        "measured": target and target["vs_original"],
+        "reported": {r["network"]: {k: r.get(k) for k in ("vs_original", "vs_sj", "ceiling_fraction")} for r in rows},
+        "verdict": verdict(None if target is None else target["vs_original"] >= 1.7)}
+    cases = (report.stage("correctness") or {}).get("cases", [])
+    run = [c for c in cases if c.get("ok") is not None]
+    large = next((c for c in cases if c.get("large")), None)
+    out["correctness_at_scale"] = {
+        "target": "every kernel path at 2^20 elements and an odd count, fp32 and bf16, channels-last, and bf16 T = 64 "
+                  "above 2^31 elements, within tolerance of float64",
+        "cases": len(run), "failed": [_case_name(c) for c in run if not c["ok"]],
+        "large_case": None if large is None else {k: large.get(k) for k in ("elements", "ok", "why")},
+        "verdict": verdict(None if not run else all(c["ok"] for c in run)
+                           and large is not None and large.get("ok") is True)}
+    return out
+
+
+# --- the table ----------------------------------------------------------------------------------------
+
+def markdown(data: dict) -> str:
+    env = data["environment"]
     lines = [f"GPU check on {env['gpu'] or env['device']} (torch {env['torch']}, Triton {env['triton']}, "
-             f"CUDA {env['cuda']})", "", "| stage | result | seconds | numbers |", "| --- | --- | --- | --- |"]
-    for s in stages:
-        verdict = "skipped" if s.get("skipped") else ("ok" if s["ok"] else "FAILED")
-        lines.append(f"| {s['stage']} | {verdict} | {s['seconds']:.0f} | {s['summary']} |")
-    training = next((s for s in stages if s["stage"] == "training" and "rows" in s), None)
-    if training:
-        lines += ["", "| model | dtype | fused img/s | torch img/s | speed-up | fused / torch peak MiB | "
-                  "first-step / last-50 loss rdiff |", "| --- | --- | --- | --- | --- | --- | --- |"]
-        for r in training["rows"]:
-            peak = "—" if r["fused_peak_mib"] is None else f"{r['fused_peak_mib']:.0f} / {r['torch_peak_mib']:.0f}"
-            lines.append(f"| {r['model']} | {r['dtype']} | {r['fused_images_per_s']:.0f} | "
-                         f"{r['torch_images_per_s']:.0f} | {r['speedup']:.2f}x | {peak} | "
-                         f"{r['first_step_rdiff']:.1e} / {r['last_mean_rdiff']:.1e} |")
-    return "\n".join(lines)
+             f"CUDA {env['cuda']}){' — dry run, toy sizes' if data['dry_run'] else ''}; "
+             f"{data['elapsed_s']:.0f} of {data['deadline_s']:.0f} s", "",
+             "| stage | result | seconds | numbers |", "| --- | --- | --- | --- |"]
+    for s in data["stages"]:
+        verdict = {True: "ok", False: "FAILED", None: "cut"}.get(s.get("ok"), "?")
+        verdict = "skipped" if s.get("skipped") else verdict
+        lines.append(f"| {s['stage']} | {verdict} | {s.get('seconds', 0):.0f} | {s.get('summary', '')} |")
+    lines += ["", "| goal | target | measured | verdict |", "| --- | --- | --- | --- |"]
+    for name, g in data["goals"].items():
+        measured = g.get("per_T") or g.get("measured") or g.get("failed") or g.get("cases")
+        if isinstance(measured, dict):
+            measured = "; ".join(f"T={T}: {v['min']:.2f}-{v['max']:.2f}x" for T, v in measured.items())
+        elif isinstance(measured, float):
+            measured = f"{measured:.2f}x"
+        lines.append(f"| {name} | {g['target']} | {measured if measured not in (None, []) else '—'} | "
+                     f"{g['verdict']} |")
+    stage = {s["stage"]: s for s in data["stages"]}
+    if stage.get("neurons", {}).get("rows"):
+        lines += ["", *bench.neuron_table(stage["neurons"]["rows"])]
+    if stage.get("networks", {}).get("rows"):
+        lines += ["", *bench.network_table(stage["networks"]["rows"])]
+    if stage.get("sweep", {}).get("cases"):
+        lines += ["", "### Launch-setting sweep: the best per case", "",
+                  "| direction | T | dtype | default ms | best ms | best setting |", "|" + " --- |" * 6]
+        for c in stage["sweep"]["cases"]:
+            if "best" in c:
+                lines.append(f"| {c['direction']} | {c['T']} | {c['dtype']} | {bench.fmt(c['default_ms'])} | "
+                             f"{bench.fmt(c['best_ms'])} | {json.dumps(c['best'])} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- the call -----------------------------------------------------------------------------------------
+
+class StageContext:
+    def __init__(self, dry, device, tmp, clock, report, partial):
+        self.dry, self.device, self.tmp, self.clock = dry, device, tmp, clock
+        self.report, self.partial = report, partial  # partial: the stage's result so far, written as it grows
+
+
+def run_stages(names, dry: bool, device, report: Report, overall: Clock, tmp: Path) -> None:
+    margin = min(10.0, 0.05 * report.deadline)  # for the last writes after the stages
+    for i, name in enumerate(names):
+        left = overall.left() - margin
+        shares = sum(SHARES[n] for n in names[i:])
+        budget = left * SHARES[name] / shares
+        minimum = MINIMUM[name][1 if dry else 0]
+        partial = {"stage": name, "budget_s": round(budget, 1)}
+        report.stages.append(partial)
+        if budget < minimum:
+            partial.update(ok=True, skipped=True, seconds=0.0,
+                           summary=f"skipped: {budget:.0f} s of budget left, {minimum} s needed")
+            report.write()
+            print(f"{name}: {partial['summary']}", file=sys.stderr, flush=True)
+            continue
+        started = time.monotonic()
+        ctx = StageContext(dry, device, tmp, Clock(budget, overall), report, partial)
+        try:
+            result = STAGE_FUNCTIONS[name](ctx)
+            partial.update(result)
+        except DeadlineReached:
+            partial.update(ok=None, summary="cut at the deadline (what it finished is kept)")
+        except subprocess.TimeoutExpired:
+            partial.update(ok=None, summary=f"cut: it outran its {budget:.0f} s budget")
+        except Exception as e:  # noqa: BLE001 - one stage's failure must not hide the others' results
+            partial.update(ok=False, summary=f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
+                           output=traceback.format_exc()[-3000:])
+        partial["seconds"] = time.monotonic() - started
+        report.write()
+        verdict = {True: "ok", False: "FAILED", None: "cut"}[partial.get("ok")]
+        print(f"{name}: {verdict} ({partial['seconds']:.0f} s of {budget:.0f}) {partial.get('summary', '')}",
+              file=sys.stderr, flush=True)
+        if partial.get("ok") is None and overall.left() <= margin:  # the deadline: nothing more fits
+            for rest in names[i + 1:]:
+                report.stages.append({"stage": rest, "ok": True, "skipped": True, "seconds": 0.0,
+                                      "summary": "skipped: the deadline was reached"})
+            report.write()
+            return
+
+
+def _default_out() -> Path:
+    if os.environ.get("OUT"):
+        return Path(os.environ["OUT"])
+    return Path(f"gpu_check-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="every stage at toy sizes on CPU (Triton's interpreter)")
-    p.add_argument("--json", default="gpu_check.json", help="write every number here")
-    p.add_argument("--stages", nargs="+", default=["tests", "benchmark", "training", "compile", "ddp"],
-                   choices=["tests", "benchmark", "training", "compile", "ddp"])
+    p.add_argument("--deadline", type=float, default=540.0, help="seconds the whole call may take")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for gpu_check.json and gpu_check.md (default: $OUT when set, else a new folder "
+                        "gpu_check-DATE-TIME, named on stderr)")
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    p.add_argument("--apply-sweep", type=Path, default=None, metavar="GPU_CHECK_JSON",
+                   help="adopt the best launch settings of a run's sweep into common/launch_overrides.json, and exit")
     args = p.parse_args(argv)
+    if args.apply_sweep:
+        return apply_sweep(args.apply_sweep, Path(kernels.OVERRIDES_FILE))
+    if args.deadline <= 0:
+        print("error: --deadline must be a positive number of seconds.", file=sys.stderr)
+        return 2
     if args.dry_run:
         import warnings
 
@@ -258,22 +693,28 @@ def main(argv=None) -> int:
         return 2
     else:
         device = torch.device("cuda")
-    env = _environment(device)
-    stages = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        for name in args.stages:
-            fn = {"tests": lambda: stage_tests(args.dry_run, tmp),
-                  "benchmark": lambda: stage_benchmark(args.dry_run, tmp, device),
-                  "training": lambda: stage_training(args.dry_run, device),
-                  "compile": lambda: stage_compile(args.dry_run, device),
-                  "ddp": lambda: stage_ddp(args.dry_run, tmp)}[name]
-            stages.append(run_stage(name, fn))
-            print(f"{name}: {'ok' if stages[-1]['ok'] else 'FAILED'} ({stages[-1]['seconds']:.0f} s) "
-                  f"{stages[-1]['summary']}", file=sys.stderr, flush=True)
-    print(table(env, stages))
-    Path(args.json).write_text(json.dumps({"environment": env, "dry_run": args.dry_run, "stages": stages}, indent=1))
-    return 0 if all(s["ok"] for s in stages) else 1
+    out = args.out or _default_out()
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"gpu_check: writing {out / 'gpu_check.json'} and gpu_check.md after every stage; deadline "
+          f"{args.deadline:.0f} s", file=sys.stderr, flush=True)
+    report = Report(out, _environment(device), args.dry_run, args.deadline)
+    overall = Clock(args.deadline)
+
+    def at_deadline(signum, frame):
+        raise DeadlineReached()
+
+    signal.signal(signal.SIGALRM, at_deadline)
+    signal.setitimer(signal.ITIMER_REAL, args.deadline)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            run_stages([s for s in STAGES if s in args.stages], args.dry_run, device, report, overall, Path(tmp))
+    except DeadlineReached:  # between two stages: what finished is written below
+        pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    report.write()
+    print((out / "gpu_check.md").read_text())
+    return 0 if all(s.get("ok") is not False for s in report.stages) else 1
 
 
 if __name__ == "__main__":
