@@ -49,6 +49,8 @@ import torch  # noqa: E402 - after TRITON_INTERPRET is set
 from common import kernels  # noqa: E402
 
 from common import benchmarking as bench  # noqa: E402
+from common.kernel_check import case_name, check_case, correctness_cases  # noqa: E402
+from common.launch_sweep import apply_sweep, sweep_candidates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,88 +149,6 @@ def stage_neurons(ctx) -> dict:
 
 # --- correctness at scale ------------------------------------------------------------------------------
 
-def correctness_cases(dry: bool, device: torch.device) -> list[dict]:
-    """Each kernel path (forward / backward: small/small, small/dot, dot/dot, dot/split, tiled/tiled) at
-    2^20 elements and at an odd per-step count, fp32 and bf16, and channels-last; one bf16 T = 64 case above
-    2^31 elements on a GPU with the memory for it."""
-    total = 2**9 if dry else 2**20
-    first, rest = [], []
-    for T in (4, 16, 32, 64, 128):
-        for dtype in ("float32", "bfloat16"):
-            M = total // T
-            first.append({"T": T, "dtype": dtype, "M": M, "layout": "contiguous"})
-            rest.append({"T": T, "dtype": dtype, "M": M + 1 if M % 2 == 0 else M + 2, "layout": "contiguous"})
-            rest.append({"T": T, "dtype": dtype, "M": M, "layout": "channels-last"})
-    big = 2**31 // 64 + 2**15
-    large = {"T": 64, "dtype": "bfloat16", "M": 2**8 if dry else big, "layout": "contiguous", "large": True}
-    return [*first, large, *rest]  # every path once, then the large case, then the odd counts and layouts
-
-
-def _case_input(case: dict, device, generator):
-    T, M, dtype = case["T"], case["M"], bench.DTYPES[case["dtype"]]
-    if case["layout"] == "channels-last":  # [T*N, C, H, W] in channels-last, seen as [T, N, C, H, W]
-        N, H, W = 4, 4, 4
-        C = max(2, M // (N * H * W))  # two channels at least: with one, channels-last is contiguous too
-        x = torch.randn(T * N, C, H, W, device=device, generator=generator, dtype=dtype)
-        return x.contiguous(memory_format=torch.channels_last).view(T, N, C, H, W)
-    x = torch.empty(T, M, device=device, dtype=dtype)
-    chunk = 2**22
-    for start in range(0, M, chunk):  # in pieces: the large case must not hold an fp32 copy
-        x[:, start:start + chunk] = torch.randn(T, min(chunk, M - start), device=device, generator=generator)
-    return x
-
-
-def check_case(case: dict, device, fire=None) -> dict:
-    """The fused path's spikes and gradients for one case against float64 arithmetic, in column chunks.
-
-    Spikes must agree wherever |h| exceeds the fp32 rounding band (1e-4 of sum |W x| + |b|); dL/dx within
-    1e-4 (fp32) or 1e-2 (bf16, its rounding) of the largest reference value; dL/dW and dL/db within 1e-3."""
-    fire = fire or kernels.fire
-    g = torch.Generator(device=device).manual_seed(case["T"] * 1000 + case["M"] % 1000)
-    T = case["T"]
-    x = _case_input(case, device, g)
-    grad = torch.empty_like(x)
-    grad.copy_(torch.randn(x.shape, device=device, generator=g, dtype=x.dtype) if x.numel() < 2**28 else
-               x.flip(0))  # the large case: any gradient will do, without another large random draw
-    weight = (torch.randn(T, T, device=device, generator=g) / math.sqrt(T)).requires_grad_(True)
-    bias = (torch.randn(T, device=device, generator=g) * 0.1).requires_grad_(True)
-    xg = x.detach().requires_grad_(True)
-    spikes = fire(xg, weight, bias, 2.0)
-    if spikes is None:
-        return {**case, "ok": False, "why": "the fused path declined this input"}
-    spikes.backward(grad)
-    w64, b64 = weight.detach().double(), bias.detach().double()[:, None]
-    xf, sf, gf, gxf = (t.reshape(T, -1) for t in (x, spikes.detach(), grad, xg.grad))
-    gw64 = torch.zeros(T, T, dtype=torch.float64, device=device)
-    gb64 = torch.zeros(T, dtype=torch.float64, device=device)
-    outside = inside = 0
-    gx_err = gx_ref = 0.0
-    chunk = max(1, 2**26 // T)
-    for start in range(0, xf.shape[1], chunk):
-        xc = xf[:, start:start + chunk].double()
-        h = w64 @ xc + b64
-        band = 1e-4 * (w64.abs() @ xc.abs() + b64.abs())
-        wrong = (sf[:, start:start + chunk].double() != (h >= 0).double())
-        outside += int((wrong & (h.abs() > band)).sum())
-        inside += int(wrong.sum())
-        gh = gf[:, start:start + chunk].double() * (1.0 / (1 + (math.pi * h) ** 2))  # alpha = 2
-        gx = w64.t() @ gh
-        gx_err = max(gx_err, float((gxf[:, start:start + chunk].double() - gx).abs().max()))
-        gx_ref = max(gx_ref, float(gx.abs().max()))
-        gw64 += gh @ xc.t()
-        gb64 += gh.sum(1)
-        del xc, h, band, wrong, gh, gx
-    gw_err = float((weight.grad.double() - gw64).abs().max() / gw64.abs().max().clamp_min(1e-30))
-    gb_err = float((bias.grad.double() - gb64).abs().max() / gb64.abs().max().clamp_min(1e-30))
-    gx_rel = gx_err / max(gx_ref, 1e-30)
-    gx_tol = 1e-4 if case["dtype"] == "float32" else 1e-2
-    ok = outside == 0 and gx_rel <= gx_tol and gw_err <= 1e-3 and gb_err <= 1e-3
-    paths = {d: kernels.launch_config(d, T).name for d in ("forward", "backward")}
-    return {**case, "elements": x.numel(), "paths": paths, "ok": ok, "spike_mismatches_outside_band": outside,
-            "spike_mismatches_in_band": inside, "grad_x_rel_err": gx_rel, "grad_w_rel_err": gw_err,
-            "grad_b_rel_err": gb_err}
-
-
 def stage_correctness(ctx) -> dict:
     result = ctx.partial
     result["cases"] = []
@@ -252,12 +172,8 @@ def stage_correctness(ctx) -> dict:
     failed = [c for c in cases if c["ok"] is False]
     result["ok"] = bool(cases) and not failed
     result["summary"] = (f"{sum(c['ok'] is True for c in cases)} of {len(cases)} cases within tolerance"
-                         + (f"; failed: {', '.join(_case_name(c) for c in failed)}" if failed else ""))
+                         + (f"; failed: {', '.join(case_name(c) for c in failed)}" if failed else ""))
     return result
-
-
-def _case_name(c: dict) -> str:
-    return f"T={c['T']} {c['dtype']} M={c['M']} {c['layout']}"
 
 
 # --- networks -----------------------------------------------------------------------------------------
@@ -304,40 +220,6 @@ def stage_networks(ctx) -> dict:
 
 # --- the launch-setting sweep -----------------------------------------------------------------------
 
-def sweep_candidates(direction: str, T: int, dry: bool) -> list[dict]:
-    """Launch settings to time at T, the default first. Only what the kernels accept (kernels._config checks)."""
-    default = kernels.default_setting(direction, T)
-    options = [default]
-
-    def add(**change):
-        s = {**default, **change}
-        if s not in options:
-            try:
-                kernels._config(direction, T, s)
-            except ValueError:
-                return
-            options.append(s)
-
-    if direction == "forward":
-        if T <= 8:
-            add(BLOCK=128), add(BLOCK=512), add(num_warps=8)
-        elif T <= 16:
-            add(BLOCK=64), add(BLOCK=256), add(path="dot", BLOCK=32, num_warps=8)
-        else:
-            add(BLOCK=64), add(num_warps=4 if default["num_warps"] == 8 else 8), add(path="tiled", BLOCK=64,
-                                                                                     num_warps=8)
-    else:
-        if T <= 8:
-            add(BLOCK=64), add(BLOCK=256), add(num_warps=8)
-        elif T <= 32:
-            add(BLOCK=32 if default["BLOCK"] == 64 else 64), add(precision="tf32x3"), add(num_stages=2),
-            add(path="split", BLOCK=32, num_warps=16)
-        else:
-            add(path="tiled", BLOCK=64, num_warps=8), add(precision="tf32x3"), add(BLOCK=16, num_warps=8),
-            add(path="dot", BLOCK=32, num_warps=16)
-    return options[:2] if dry else options
-
-
 def stage_sweep(ctx) -> dict:
     Ts, dtypes, numel, warmup, reps = ((4, 64), ("float32",), 2**8, 0, 1) if ctx.dry else \
         ((4, 16, 32, 64), ("float32", "bfloat16"), 2**26, 2, 6)
@@ -380,74 +262,6 @@ def stage_sweep(ctx) -> dict:
     result["summary"] = (f"{len(cases)} cases; the best setting beats the default by up to {max(gains):.2f}x; "
                          "--apply-sweep adopts them" if gains else "no case timed")
     return result
-
-
-def choose_overrides(sweep: dict, min_gain: float = 1.03) -> dict:
-    """Per direction and band of T, the setting with the best geometric mean time over the dtypes measured,
-    kept when it beats the default by min_gain or more (settings that failed anywhere are out)."""
-    by_key: dict = {}
-    for case in sweep.get("cases", []):
-        key = f"{case['direction']}:{case['band']}"
-        for t in case["timings"]:
-            entry = by_key.setdefault(key, {}).setdefault(json.dumps(t["setting"], sort_keys=True), [])
-            entry.append(t.get("ms"))
-    chosen = {}
-    for key, settings in by_key.items():
-        default = json.dumps(kernels.default_setting(key.split(":")[0], int(key.split("-")[-1])), sort_keys=True)
-        counts = max(len(v) for v in settings.values())
-        scores = {s: math.exp(statistics.mean(math.log(m) for m in v)) for s, v in settings.items()
-                  if len(v) == counts and all(m for m in v)}
-        if default not in scores or not scores:
-            continue
-        best = min(scores, key=scores.get)
-        if best != default and scores[default] / scores[best] >= min_gain:
-            chosen[key] = json.loads(best)
-    return chosen
-
-
-def apply_sweep(path: Path, target: Path) -> int:
-    """--apply-sweep: the sweep's best settings into common/launch_overrides.json, each compiled ahead of time for
-    sm_80 and sm_90 first (scripts/kernel_resources.py with the new settings, no GPU needed): a setting that spills
-    or leaves fewer than 16 warps per SM is not adopted."""
-    try:
-        data = json.loads(Path(path).read_text())
-        sweep = next(s for s in data["stages"] if s["stage"] == "sweep")
-    except (OSError, ValueError, KeyError, StopIteration, TypeError):
-        print(f"error: {path} holds no sweep stage of a gpu_check run.", file=sys.stderr)
-        return 2
-    chosen = choose_overrides(sweep)
-    refused = {}
-    if chosen:
-        with tempfile.TemporaryDirectory() as tmp:
-            trial = Path(tmp) / "overrides.json"
-            trial.write_text(json.dumps({**kernels.launch_overrides_now(), **chosen}))
-            Ts = sorted({int(v) for key in chosen for v in key.split(":")[1].split("-")})
-            directions = sorted({key.split(":")[0] for key in chosen})
-            out = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_resources.py"), "--T", *map(str, Ts),
-                                  "--direction", *directions],
-                                 cwd=ROOT, capture_output=True, text=True,
-                                 env=dict(os.environ, PSN_LAUNCH_CONFIG=str(trial), TRITON_INTERPRET="0"))
-            results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-            if not results:
-                print(f"error: the settings could not be compiled: {out.stderr.strip()[-500:]}", file=sys.stderr)
-                return 1
-        for r in results:
-            key = f"{r['direction']}:{kernels.t_range(r['T'])}"
-            if key in chosen and not r["ok"]:
-                refused[key] = chosen[key]
-    adopted = {k: v for k, v in chosen.items() if k not in refused}
-    merged = {**kernels.launch_overrides_now(), **adopted}
-    target.write_text(json.dumps({"overrides": merged, "from": {"file": str(path),
-                                                                "gpu": data.get("environment", {}).get("gpu")}},
-                                 indent=1) + "\n")
-    for key, setting in adopted.items():
-        print(f"adopted {key}: {setting}")
-    for key, setting in refused.items():
-        print(f"not adopted {key}: {setting} (spills or leaves fewer than 16 warps per SM on sm_80 or sm_90)")
-    if not chosen:
-        print("the defaults were best everywhere (within 3 %): nothing to change")
-    print(f"wrote {target}; run `python -m pytest tests/test_kernels.py tests/test_kernel_resources.py` and commit it")
-    return 0
 
 
 # --- tests, compile, ddp --------------------------------------------------------------------------------
@@ -582,7 +396,7 @@ def goals(report: Report) -> dict:
     out["correctness_at_scale"] = {
         "target": "every kernel path at 2^20 elements and an odd count, fp32 and bf16, channels-last, and bf16 T = 64 "
                   "above 2^31 elements, within tolerance of float64",
-        "cases": len(run), "failed": [_case_name(c) for c in run if not c["ok"]],
+        "cases": len(run), "failed": [case_name(c) for c in run if not c["ok"]],
         "large_case": None if large is None else {k: large.get(k) for k in ("elements", "ok")},
         "verdict": verdict(None if not run else all(c["ok"] for c in run), "; ".join(notes) or None)}
     return out

@@ -154,7 +154,7 @@ def interpreted(monkeypatch):
 @pytest.mark.parametrize("fault", ["spikes", "grad_x", "grad_w"])
 def test_the_correctness_check_catches_a_wrong_kernel(interpreted, fault):
     """check_case against float64 passes the real kernels and fails each kind of wrong answer."""
-    from scripts.gpu_check import check_case
+    from common.kernel_check import check_case
 
     case = {"T": 16, "dtype": "float32", "M": 33, "layout": "contiguous"}
     assert check_case(case, torch.device("cpu"))["ok"]
@@ -178,7 +178,7 @@ def test_the_correctness_check_catches_a_wrong_kernel(interpreted, fault):
 def test_the_sweep_choice_and_its_application(tmp_path):
     """--apply-sweep keeps, per band, the setting with the best geometric mean over dtypes when it beats the default
     by 3 % or more, compiles it for sm_80 / sm_90 first, and writes the overrides file the kernels read."""
-    from scripts.gpu_check import apply_sweep, choose_overrides
+    from common.launch_sweep import apply_sweep, choose_overrides
 
     default = kernels.default_setting("forward", 4)
     faster = {**default, "BLOCK": 128}

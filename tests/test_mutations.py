@@ -82,7 +82,7 @@ FAULTS = [
     Fault("GPU check goals: the SpikingJelly target taken as 4x", "scripts/gpu_check.py",
           "all(min(v) >= 5 for v in sj.values())", "all(min(v) >= 4 for v in sj.values())",
           ("tests/test_gpu_check.py", "-k", "verdicts")),
-    Fault("GPU check correctness: spike mismatches counted inside the rounding band only", "scripts/gpu_check.py",
+    Fault("GPU check correctness: spike mismatches counted inside the rounding band only", "common/kernel_check.py",
           "outside += int((wrong & (h.abs() > band)).sum())", "outside += int((wrong & (h.abs() <= band)).sum())",
           ("tests/test_gpu_check.py", "-k", "wrong_kernel")),
     # The original repository's layouts
