@@ -272,11 +272,11 @@ if HAVE_TRITON:
             gb_acc += tl.sum(gh, axis=1)
         _store_partials(part_ptr, pid, rows, gw_acc, gb_acc, T_PAD)
 
-    # Long sequences (T > DOT_MAX_T_FORWARD / _BACKWARD): W no longer fits in registers or shared memory, so
-    # it is walked in [TILE, TILE] tiles (from L2: it is tiny next to x) and each program
-    # keeps one [TILE, BLOCK] accumulator. Forward: spikes. Backward: the surrogate
-    # gradient gh = g * dS/dH into an fp32 buffer, from which two GEMMs give dX = W^T gh
-    # and dW = gh X^T (see _backward): no [T, T] accumulator per program.
+    # Long sequences (forward T > DOT_MAX_T_FORWARD, backward T > DOT_MAX_T_BACKWARD): W is walked in
+    # [TILE, TILE] tiles (from L2: it is tiny next to x) and each program keeps one [TILE, BLOCK]
+    # accumulator. Forward: spikes. Backward: the surrogate gradient gh = g * dS/dH into an fp32 buffer
+    # (its own row stride: the split backward's bounded chunk), from which the split backward's second
+    # kernel (T <= 64) or two GEMMs (T > 64) give dX = W^T gh and dW = gh X^T (see _backward).
 
     @triton.jit
     def _psn_tiled_kernel(x_ptr, w_ptr, b_ptr, g_ptr, out_ptr, M, stride_t, stride_out, T, alpha,
