@@ -453,20 +453,28 @@ _overrides: dict = {}
 _configs: dict = {}
 
 
+def band_of(key: str) -> tuple[str, int, int]:
+    """An override's key, 'backward:33-64', as (direction, lowest T, highest T); ValueError if it is none."""
+    direction, _, band = str(key).partition(":")
+    if direction not in PATHS or band not in T_RANGES():
+        raise ValueError(f"launch override {key!r}: keys are 'forward' or 'backward', a colon and one of "
+                         f"{', '.join(T_RANGES())}, each with a setting object.")
+    low, high = (int(v) for v in band.split("-"))
+    return direction, low, high
+
+
 def _check_overrides(overrides: dict) -> dict:
     if not isinstance(overrides, dict):
         raise ValueError("launch overrides must be a JSON object of 'direction:T-range' -> setting.")
     checked = {}
     for key, setting in overrides.items():
-        direction, _, band = str(key).partition(":")
-        if direction not in PATHS or band not in T_RANGES() or not isinstance(setting, dict):
-            raise ValueError(f"launch override {key!r}: keys are 'forward' or 'backward', a colon and one of "
-                             f"{', '.join(T_RANGES())}, each with a setting object.")
-        low, high = (int(v) for v in band.split("-"))
+        direction, low, high = band_of(key)
+        if not isinstance(setting, dict):
+            raise ValueError(f"launch override {key!r}: its setting must be an object, got {setting!r}.")
         merged = {**default_setting(direction, high), **setting}
         for T in (low, high):
             _config(direction, T, merged)  # both ends of the band must build
-        checked[f"{direction}:{band}"] = dict(setting)
+        checked[str(key)] = dict(setting)
     return checked
 
 
@@ -711,9 +719,11 @@ def _like(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return grad if grad.dtype is param.dtype else grad.to(param.dtype)
 
 
-def _backward_or_fall_back(grad, x, weight, bias, alpha):
+def _backward_or_fall_back(grad, x, weight, bias, alpha, run=None):
+    """The backward through `run` (the launchers, or the custom op under torch.compile), or, when it cannot
+    run here, the same gradients in torch (after one warning)."""
     try:
-        return _run_backward(grad, x, weight, bias, alpha)
+        return (run or _run_backward)(grad, x, weight, bias, alpha)
     except Exception as error:  # noqa: BLE001 - any compile or launch failure; _fall_back re-raises if forced
         _fall_back(error)
         return _reference_backward(grad, x, weight, bias, alpha)
@@ -767,13 +777,8 @@ def _setup_context(ctx, inputs, output):
 
 def _fire_backward(ctx, grad):
     x, weight, bias = ctx.saved_tensors
-    try:
-        grad_x, grad_w, grad_b = fire_backward_op(grad, x, weight, bias, ctx.alpha)
-    except Exception as error:  # noqa: BLE001 - any compile or launch failure; _fall_back re-raises if forced
-        _fall_back(error)
-        grad_x, grad_w, grad_b = _reference_backward(grad, x, weight, bias, ctx.alpha)
-        grad_w, grad_b = grad_w.to(weight.dtype), grad_b.to(bias.dtype)
-    return grad_x, grad_w, grad_b, None
+    grad_x, grad_w, grad_b = _backward_or_fall_back(grad, x, weight, bias, ctx.alpha, run=fire_backward_op)
+    return grad_x, _like(grad_w, weight), _like(grad_b, bias), None
 
 
 fire_op.register_autograd(_fire_backward, setup_context=_setup_context)

@@ -65,7 +65,8 @@ def choose_overrides(sweep: dict, min_gain: float = 1.03) -> dict:
             entry.append(t.get("ms"))
     chosen = {}
     for key, settings in by_key.items():
-        default = json.dumps(kernels.default_setting(key.split(":")[0], int(key.split("-")[-1])), sort_keys=True)
+        direction, _, high = kernels.band_of(key)
+        default = json.dumps(kernels.default_setting(direction, high), sort_keys=True)
         counts = max(len(v) for v in settings.values())
         scores = {s: math.exp(statistics.mean(math.log(m) for m in v)) for s, v in settings.items()
                   if len(v) == counts and all(m for m in v)}
@@ -93,8 +94,9 @@ def apply_sweep(path: Path, target: Path) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             trial = Path(tmp) / "overrides.json"
             trial.write_text(json.dumps({**kernels.launch_overrides_now(), **chosen}))
-            Ts = sorted({int(v) for key in chosen for v in key.split(":")[1].split("-")})
-            directions = sorted({key.split(":")[0] for key in chosen})
+            bands = [kernels.band_of(key) for key in chosen]
+            Ts = sorted({T for _, low, high in bands for T in (low, high)})
+            directions = sorted({direction for direction, _, _ in bands})
             out = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_resources.py"), "--T", *map(str, Ts),
                                   "--direction", *directions],
                                  cwd=ROOT, capture_output=True, text=True,
